@@ -1,0 +1,112 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from sensorium import __version__
+from sensorium.api.context import AppContext
+from sensorium.api.deps import ContextDep
+from sensorium.api.errors import error_response, install_error_handlers
+from sensorium.api.metrics import MetricsMiddleware
+from sensorium.config import Settings, get_settings
+from sensorium.db import create_engine, session_factory
+from sensorium.devices.router import router as devices_router
+from sensorium.devices.tokens import DeviceTokenCache
+from sensorium.ratelimit import RateLimiter, make_storage
+from sensorium.telemetry.router import router as telemetry_router
+from sensorium.telemetry.writer import BatchWriter
+from sensorium.users.router import router as users_router
+from sensorium.users.security import Auth
+
+API_PREFIX = "/api/v1"
+
+
+def build_context(settings: Settings) -> AppContext:
+    settings.check_secure()
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    storage = make_storage(settings.rate_limit_storage_url)
+    window = settings.login_failure_window_s
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        auth=Auth.from_settings(settings),
+        writer=BatchWriter(
+            sessions,
+            offline_after_s=settings.offline_after_s,
+            max_batch=settings.writer_max_batch,
+            max_linger_s=settings.writer_max_linger_ms / 1000,
+            queue_size=settings.writer_queue_size,
+        ),
+        device_tokens=DeviceTokenCache(),
+        login_user_limiter=RateLimiter.from_spec(
+            storage, f"{settings.login_max_failures_per_user}/{window} seconds", "login-user"
+        ),
+        login_ip_limiter=RateLimiter.from_spec(
+            storage, f"{settings.login_max_failures_per_ip}/{window} seconds", "login-ip"
+        ),
+        device_limiter=RateLimiter.from_spec(storage, settings.device_rate_limit, "device"),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    ctx = build_context(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await ctx.writer.start()
+        try:
+            yield
+        finally:
+            await ctx.writer.stop()
+            await ctx.engine.dispose()
+
+    app = FastAPI(
+        title="Sensorium",
+        version=__version__,
+        description=(
+            "Self-hosted IoT platform for ESP32 sensor fleets. Users authenticate with a "
+            "Bearer access token from `/api/v1/auth/login`; devices with their device token. "
+            'Errors are always `{"error": {"code", "message", "field"}}`.'
+        ),
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.add_middleware(MetricsMiddleware)
+    install_error_handlers(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(users_router)
+    api.include_router(devices_router)
+    api.include_router(telemetry_router)
+    app.include_router(api)
+    app.include_router(_ops_router())
+    return app
+
+
+def _ops_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz(ctx: ContextDep) -> Response:
+        """200 when the database answers, 503 otherwise."""
+        try:
+            async with ctx.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means "not healthy"
+            return error_response(503, "database_unavailable", f"database: {type(exc).__name__}")
+        return Response(b'{"status":"ok","database":"ok"}', media_type="application/json")
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

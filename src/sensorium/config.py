@@ -1,0 +1,100 @@
+"""The one Settings class; nothing else in Sensorium reads os.environ."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values people copy from examples; production refuses them like a missing key.
+_WEAK_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev", "sensorium", "default"})
+MIN_SECRET_LENGTH = 32
+
+
+class InsecureSettings(RuntimeError):
+    """Production mode was asked to start with a secret that is missing or a default."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENSORIUM_", env_file=".env", extra="ignore")
+
+    mode: Literal["dev", "production"] = "dev"
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    secret_key: str = ""
+
+    access_token_ttl_s: int = Field(15 * 60, ge=30)
+    refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    # How long a rotated device token keeps working; 0 cuts it off at once.
+    device_token_grace_s: int = Field(0, ge=0)
+
+    # argon2id cost; the defaults follow RFC 9106's second recommended option.
+    argon2_time_cost: int = Field(3, ge=1)
+    argon2_memory_kib: int = Field(64 * 1024, ge=8)
+    argon2_parallelism: int = Field(2, ge=1)
+    password_min_length: int = Field(10, ge=6)
+
+    login_max_failures_per_user: int = Field(5, ge=1)
+    login_max_failures_per_ip: int = Field(20, ge=1)
+    login_failure_window_s: int = Field(15 * 60, ge=1)
+    device_rate_limit: str = "50/second"
+    rate_limit_storage_url: str = "async+memory://"
+
+    # Raw points older than this are rejected at ingest (and later dropped by retention).
+    raw_retention_days: int = Field(90, ge=1)
+    # A device with no data for this long counts as offline when it never said its interval.
+    offline_after_s: int = Field(180, ge=5)
+
+    writer_max_batch: int = Field(5000, ge=1)
+    writer_max_linger_ms: int = Field(50, ge=0)
+    writer_queue_size: int = Field(100_000, ge=1)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'sensorium.db'}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def check_secure(self) -> None:
+        """Raise unless the settings are fit for production; a no-op in dev mode."""
+        if self.mode != "production":
+            return
+        key = self.secret_key
+        if key.lower() in _WEAK_SECRETS or len(key) < MIN_SECRET_LENGTH:
+            raise InsecureSettings(
+                "SENSORIUM_SECRET_KEY must be set to a random value of at least "
+                f"{MIN_SECRET_LENGTH} characters in production mode "
+                '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))")'
+            )
+
+    def resolved_secret_key(self) -> str:
+        """The signing key; in dev mode a random one is kept in the data directory."""
+        self.check_secure()
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.touch(mode=0o600)
+        path.write_text(key)
+        self.secret_key = key
+        return key
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The device registry and device credentials."""

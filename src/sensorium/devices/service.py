@@ -1,0 +1,253 @@
+"""Registering devices, their credentials, and what they report about themselves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sensorium.db import epoch_ms, utcnow
+from sensorium.devices.models import Device, DeviceCredential
+from sensorium.devices.schemas import DevicePublic, DeviceStatus
+from sensorium.errors import Conflict, Invalid, NotFound
+from sensorium.protocol import InvalidMac, StatusReport, mac_to_int, normalize_mac
+from sensorium.telemetry.models import LatestValue, Point
+from sensorium.users.models import User
+from sensorium.users.security import hash_token, new_token
+
+DEVICE_TOKEN_PREFIX = "sdt_"
+# An online device is considered gone after this many reporting intervals of silence.
+OFFLINE_INTERVALS = 3
+
+
+def _not_found(device_id: str) -> NotFound:
+    return NotFound(f"device {device_id} not found", field="device_id", code="device_not_found")
+
+
+def offline_deadline_ms(*, now_ms: int, interval_s: int | None, offline_after_s: int) -> int:
+    window_s = interval_s * OFFLINE_INTERVALS if interval_s else offline_after_s
+    return now_ms + window_s * 1000
+
+
+def effective_status(device: Device, *, now_ms: int) -> DeviceStatus:
+    """ "online" only while data keeps arriving; the stored status alone goes stale."""
+    if device.status == "new":
+        return "new"
+    if device.status == "online" and (device.offline_at_ms or 0) > now_ms:
+        return "online"
+    return "offline"
+
+
+def to_public(device: Device, *, now_ms: int | None = None) -> DevicePublic:
+    return DevicePublic(
+        id=device.id,
+        name=device.name,
+        location=device.location,
+        status=effective_status(device, now_ms=now_ms if now_ms is not None else epoch_ms()),
+        registered_at=device.registered_at,
+        last_seen=device.last_seen,
+        firmware_version=device.firmware_version,
+        info=device.info or {},
+    )
+
+
+async def register_device(
+    session: AsyncSession, *, owner: User, mac: str, name: str, location: str = ""
+) -> tuple[Device, str]:
+    """Register a device by MAC; returns it and its token, which is never stored in clear."""
+    try:
+        device_id = normalize_mac(mac)
+    except InvalidMac as exc:
+        raise Invalid(exc.message, field="mac", code="invalid_mac") from None
+    if await session.get(Device, device_id) is not None:
+        raise Conflict(
+            f"a device with MAC {device_id} is already registered",
+            field="mac",
+            code="device_exists",
+        )
+    device = Device(id=device_id, owner_id=owner.id, name=name.strip(), location=location.strip())
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    session.add(device)
+    session.add(DeviceCredential(device_id=device_id, token_hash=hash_token(token)))
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"a device with MAC {device_id} is already registered",
+            field="mac",
+            code="device_exists",
+        ) from None
+    return device, token
+
+
+async def get_device(session: AsyncSession, *, owner: User, device_id: str) -> Device:
+    """The owner's device; someone else's device is NotFound too, so ids do not leak."""
+    device = await session.get(Device, device_id) if _is_device_id(device_id) else None
+    if device is None or device.owner_id != owner.id:
+        raise _not_found(device_id)
+    return device
+
+
+def _is_device_id(value: str) -> bool:
+    try:
+        return normalize_mac(value) == value
+    except InvalidMac:
+        return False
+
+
+async def list_devices(
+    session: AsyncSession,
+    *,
+    owner: User,
+    status: DeviceStatus | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    now_ms: int | None = None,
+) -> tuple[list[Device], int]:
+    now_ms = now_ms if now_ms is not None else epoch_ms()
+    query = select(Device).where(Device.owner_id == owner.id)
+    if name:
+        pattern = "%" + name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(func.lower(Device.name).like(pattern + "%", escape="\\"))
+    if status == "new":
+        query = query.where(Device.status == "new")
+    elif status == "online":
+        query = query.where(Device.status == "online", Device.offline_at_ms > now_ms)
+    elif status == "offline":
+        query = query.where(
+            Device.status != "new",
+            (Device.status != "online") | (func.coalesce(Device.offline_at_ms, 0) <= now_ms),
+        )
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(query.order_by(Device.name, Device.id).limit(limit).offset(offset))
+    return list(rows), int(total or 0)
+
+
+async def update_device(
+    session: AsyncSession,
+    *,
+    owner: User,
+    device_id: str,
+    name: str | None = None,
+    location: str | None = None,
+) -> Device:
+    device = await get_device(session, owner=owner, device_id=device_id)
+    if name is not None:
+        device.name = name.strip()
+    if location is not None:
+        device.location = location.strip()
+    await session.flush()
+    return device
+
+
+async def delete_device(session: AsyncSession, *, owner: User, device_id: str) -> None:
+    """Delete a device with its credentials and all its data, in one transaction."""
+    device = await get_device(session, owner=owner, device_id=device_id)
+    # The device row goes first: the batch writer only stores points for devices it can
+    # still update, so no point can slip in after the data is deleted.
+    await session.execute(delete(Device).where(Device.id == device.id))
+    num = mac_to_int(device.id)
+    await session.execute(delete(Point).where(Point.device == num))
+    await session.execute(delete(LatestValue).where(LatestValue.device == num))
+    await session.execute(delete(DeviceCredential).where(DeviceCredential.device_id == device.id))
+
+
+async def rotate_token(
+    session: AsyncSession, *, owner: User, device_id: str, grace_s: int
+) -> tuple[str, datetime | None]:
+    """Issue a new token; the current ones keep working for `grace_s` seconds."""
+    device = await get_device(session, owner=owner, device_id=device_id)
+    now = utcnow()
+    valid_until = now + timedelta(seconds=grace_s) if grace_s > 0 else None
+    live = DeviceCredential.device_id == device.id, DeviceCredential.revoked_at.is_(None)
+    if valid_until is None:
+        await session.execute(update(DeviceCredential).where(*live).values(revoked_at=now))
+    else:
+        # Never extend a token that already expires sooner (a rotation within a grace period).
+        await session.execute(
+            update(DeviceCredential)
+            .where(*live)
+            .where(
+                (DeviceCredential.expires_at.is_(None))
+                | (DeviceCredential.expires_at > valid_until)
+            )
+            .values(expires_at=valid_until)
+        )
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    session.add(DeviceCredential(device_id=device.id, token_hash=hash_token(token)))
+    await session.flush()
+    return token, valid_until
+
+
+async def revoke_tokens(session: AsyncSession, *, owner: User, device_id: str) -> None:
+    """Revoke every token of the device at once; a rotation issues a new one."""
+    device = await get_device(session, owner=owner, device_id=device_id)
+    await session.execute(
+        update(DeviceCredential)
+        .where(DeviceCredential.device_id == device.id, DeviceCredential.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Who a device token belongs to, and until when that answer may be cached."""
+
+    device_id: str
+    expires_at: datetime | None
+
+
+async def identify_device(session: AsyncSession, *, token: str) -> DeviceIdentity | None:
+    """The device a token belongs to, or None for unknown, revoked or expired tokens."""
+    now = utcnow()
+    row = (
+        await session.execute(
+            select(DeviceCredential.device_id, DeviceCredential.expires_at).where(
+                DeviceCredential.token_hash == hash_token(token),
+                DeviceCredential.revoked_at.is_(None),
+            )
+        )
+    ).first()
+    if row is None or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    return DeviceIdentity(device_id=row.device_id, expires_at=row.expires_at)
+
+
+async def record_status(
+    session: AsyncSession,
+    *,
+    device_id: str,
+    report: StatusReport,
+    offline_after_s: int,
+    now_ms: int | None = None,
+) -> Device:
+    """Store what a device says about itself (firmware, RSSI, uptime, online or not)."""
+    device = await session.get(Device, device_id, with_for_update=True)
+    if device is None:
+        raise _not_found(device_id)
+    now_ms = now_ms if now_ms is not None else epoch_ms()
+    if report.fw is not None:
+        device.firmware_version = report.fw
+    if report.interval_s is not None:
+        device.interval_s = report.interval_s
+    info = dict(device.info or {})
+    for field in ("rssi", "uptime_s", "ip", "free_heap"):
+        value = getattr(report, field)
+        if value is not None:
+            info[field] = value
+    device.info = info
+    if report.online is False:
+        device.status = "offline"
+        device.offline_at_ms = now_ms
+    else:
+        device.status = "online"
+        device.last_seen = utcnow()
+        device.offline_at_ms = offline_deadline_ms(
+            now_ms=now_ms, interval_s=device.interval_s, offline_after_s=offline_after_s
+        )
+    await session.flush()
+    return device

@@ -1,0 +1,81 @@
+"""Framework-free implementation of PROTOCOL.md: MAC ids, topic names, payload validation.
+
+Shared by the API, the worker and the simulator; the firmware mirrors it.
+"""
+
+from sensorium.protocol.errors import InvalidMac, PayloadError, ProtocolError
+from sensorium.protocol.mac import int_to_mac, is_canonical_mac, mac_to_int, normalize_mac
+from sensorium.protocol.status import StatusReport, parse_status, validate_status
+from sensorium.protocol.telemetry import (
+    FUTURE_TOLERANCE_MS,
+    MAX_BATCH_ENTRIES,
+    MAX_KEY_LENGTH,
+    MAX_PAYLOAD_BYTES,
+    Reading,
+    decode_document,
+    parse_telemetry,
+    validate_telemetry,
+)
+from sensorium.protocol.topics import (
+    KIND_COMMAND_RESULT,
+    KIND_LOGS,
+    KIND_OTA_PROGRESS,
+    KIND_STATE_REPORTED,
+    KIND_STATUS,
+    KIND_TELEMETRY,
+    TOPIC_PREFIX,
+    UPLINK_KINDS,
+    ParsedTopic,
+    command_result_topic,
+    commands_topic,
+    logs_topic,
+    ota_progress_topic,
+    ota_topic,
+    parse_uplink_topic,
+    state_desired_topic,
+    state_reported_topic,
+    status_topic,
+    telemetry_topic,
+    uplink_subscriptions,
+)
+
+__all__ = [
+    "FUTURE_TOLERANCE_MS",
+    "KIND_COMMAND_RESULT",
+    "KIND_LOGS",
+    "KIND_OTA_PROGRESS",
+    "KIND_STATE_REPORTED",
+    "KIND_STATUS",
+    "KIND_TELEMETRY",
+    "MAX_BATCH_ENTRIES",
+    "MAX_KEY_LENGTH",
+    "MAX_PAYLOAD_BYTES",
+    "TOPIC_PREFIX",
+    "UPLINK_KINDS",
+    "InvalidMac",
+    "ParsedTopic",
+    "PayloadError",
+    "ProtocolError",
+    "Reading",
+    "StatusReport",
+    "command_result_topic",
+    "commands_topic",
+    "decode_document",
+    "int_to_mac",
+    "is_canonical_mac",
+    "logs_topic",
+    "mac_to_int",
+    "normalize_mac",
+    "ota_progress_topic",
+    "ota_topic",
+    "parse_status",
+    "parse_telemetry",
+    "parse_uplink_topic",
+    "state_desired_topic",
+    "state_reported_topic",
+    "status_topic",
+    "telemetry_topic",
+    "uplink_subscriptions",
+    "validate_status",
+    "validate_telemetry",
+]

@@ -1,0 +1,42 @@
+"""The narrow time-series tables: points, latest values and the key dictionary."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Float, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from sensorium.db import Base
+
+
+class TelemetryKey(Base):
+    """Key names stored once; points refer to them by a small integer."""
+
+    __tablename__ = "telemetry_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Point(Base):
+    """One reading. The primary key makes a re-sent reading overwrite, never duplicate.
+
+    `device` is the device's MAC as a 48-bit integer (protocol.mac_to_int): 8 bytes
+    instead of a 12-character string in every row, and no join to find a device's points.
+    `ts` is epoch milliseconds, so SQLite and PostgreSQL store and compare it the same way.
+    """
+
+    __tablename__ = "points"
+
+    device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class LatestValue(Base):
+    __tablename__ = "latest_values"
+
+    device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,127 @@
+"""Telemetry ingest for devices, and latest values and history for their owners."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response, status
+
+from sensorium.api.body import read_json_body
+from sensorium.api.deps import ContextDep, CurrentDevice, CurrentUser, SessionDep
+from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECTED
+from sensorium.db import epoch_ms
+from sensorium.devices.service import get_device
+from sensorium.errors import Invalid, SensoriumError
+from sensorium.protocol import ProtocolError, parse_telemetry
+from sensorium.telemetry import service
+from sensorium.telemetry.schemas import Accepted, LatestPublic, Order, PointPage
+
+router = APIRouter(prefix="/devices/{device_id}/telemetry", tags=["telemetry"])
+
+_EXAMPLES = {
+    "flat": {"summary": "Values now", "value": {"temperature": 21.5, "humidity": 40.2}},
+    "timestamped": {
+        "summary": "One timestamped reading",
+        "value": {"ts": 1763900000000, "values": {"temperature": 21.5}},
+    },
+    "batch": {
+        "summary": "A batch (backfill)",
+        "value": [
+            {"ts": 1763900000000, "values": {"power": 230.1}},
+            {"ts": 1763900001000, "values": {"power": 229.8}},
+        ],
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["device API"],
+    response_model=Accepted,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {}, "examples": _EXAMPLES}},
+        }
+    },
+)
+async def ingest(device: CurrentDevice, request: Request, ctx: ContextDep) -> Response:
+    """A device sends readings (PROTOCOL.md): a flat object, one `{ts, values}` object or
+    a list of up to 1000 of them. Nothing of a document with a bad entry is stored."""
+    now = epoch_ms()
+    oldest = now - ctx.settings.raw_retention_days * 86_400_000
+    try:
+        readings = parse_telemetry(await read_json_body(request), now_ms=now, oldest_ms=oldest)
+    except ProtocolError as exc:
+        INGEST_REJECTED.labels("http", exc.code).inc()
+        raise
+    except SensoriumError as exc:
+        INGEST_REJECTED.labels("http", exc.code).inc()
+        raise
+    stored = await ctx.writer.write(device, readings)
+    INGEST_DOCUMENTS.labels("http").inc()
+    INGEST_POINTS.labels("http").inc(stored)
+    return Response(
+        orjson.dumps({"accepted": stored}), status_code=202, media_type="application/json"
+    )
+
+
+@router.get("/latest")
+async def latest(device_id: str, user: CurrentUser, session: SessionDep) -> LatestPublic:
+    """The newest reading of every key the device has sent."""
+    device = await get_device(session, owner=user, device_id=device_id)
+    return LatestPublic(
+        device_id=device.id, values=await service.latest(session, device_id=device.id)
+    )
+
+
+def _parse_time(value: str | None, field: str) -> int | None:
+    """Epoch milliseconds or an ISO-8601 time with offset."""
+    if value is None or value == "":
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise Invalid(
+            f"{field} must be epoch milliseconds or ISO-8601 with a UTC offset",
+            field=field,
+            code="invalid_time",
+        )
+    return int(parsed.timestamp() * 1000)
+
+
+@router.get("")
+async def history(
+    device_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    keys: Annotated[str | None, Query(description="Comma-separated keys; all when omitted")] = None,
+    from_: Annotated[
+        str | None, Query(alias="from", description="Start (inclusive): epoch ms or ISO-8601")
+    ] = None,
+    to: Annotated[str | None, Query(description="End (exclusive): epoch ms or ISO-8601")] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 1000,
+    order: Order = "asc",
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> PointPage:
+    """Raw readings ordered by time (oldest first by default), paginated by cursor."""
+    device = await get_device(session, owner=user, device_id=device_id)
+    key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    points, next_cursor = await service.query_points(
+        session,
+        device_id=device.id,
+        keys=key_list,
+        from_ms=_parse_time(from_, "from"),
+        to_ms=_parse_time(to, "to"),
+        limit=limit,
+        order=order,
+        cursor=cursor,
+    )
+    return PointPage(device_id=device.id, order=order, points=points, next_cursor=next_cursor)

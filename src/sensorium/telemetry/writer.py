@@ -1,0 +1,226 @@
+"""The batching writer: every reading, from HTTP or MQTT, is stored through it.
+
+Callers hand over one document's readings and await its commit. The writer drains
+whatever is queued into one transaction (group commit): under light load each document
+is written at once, under heavy load batches grow up to `max_batch` readings without
+anyone waiting for a timer. `max_linger_s` can add a wait to grow batches further.
+A document is never split: all of its readings commit together or none do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sensorium.db import epoch_ms, utcnow
+from sensorium.devices.models import Device
+from sensorium.devices.service import OFFLINE_INTERVALS
+from sensorium.errors import NotFound, SensoriumError
+from sensorium.protocol import Reading, mac_to_int
+from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
+
+log = logging.getLogger(__name__)
+
+
+class WriterOverloaded(SensoriumError):
+    code = "overloaded"
+
+
+@dataclass(slots=True)
+class _Job:
+    device_id: str
+    readings: Sequence[Reading]
+    future: asyncio.Future[int] = field(repr=False)
+
+
+# (device as int, key id, ts in ms)
+PointKey = tuple[int, int, int]
+WrittenHook = Callable[[str, Sequence[Reading]], None]
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        *,
+        offline_after_s: int,
+        max_batch: int = 5000,
+        max_linger_s: float = 0.0,
+        queue_size: int = 100_000,
+        on_written: WrittenHook | None = None,
+    ) -> None:
+        self._factory = factory
+        self._offline_after_s = offline_after_s
+        self._max_batch = max_batch
+        self._max_linger_s = max_linger_s
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
+        self._on_written = on_written
+        self._key_ids: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="sensorium-batch-writer")
+
+    async def stop(self) -> None:
+        """Write everything already queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.put(None)
+        await self._task
+        self._task = None
+
+    def submit(self, device_id: str, readings: Sequence[Reading]) -> asyncio.Future[int]:
+        """Queue one document; the future resolves to its reading count once committed."""
+        if self._task is None or self._task.done():
+            raise WriterOverloaded("the writer is not running")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Job(device_id, readings, future))
+        except asyncio.QueueFull:
+            raise WriterOverloaded("ingest queue is full; retry shortly") from None
+        return future
+
+    async def write(self, device_id: str, readings: Sequence[Reading]) -> int:
+        return await self.submit(device_id, readings)
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            jobs, stopping = await self._collect(first)
+            await self._flush(jobs)
+
+    async def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs = [first]
+        count = len(first.readings)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_linger_s
+        while count < self._max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            count += len(job.readings)
+        return jobs, False
+
+    async def _flush(self, jobs: list[_Job]) -> None:
+        try:
+            stored = await self._write(jobs)
+        except Exception as exc:
+            if len(jobs) > 1:
+                # Isolate the document that failed so the others still get stored.
+                for job in jobs:
+                    await self._flush([job])
+                return
+            log.exception("writing telemetry of device %s failed", jobs[0].device_id)
+            _fail(jobs[0], exc)
+            return
+        for job in jobs:
+            if job.device_id in stored:
+                if not job.future.done():
+                    job.future.set_result(len(job.readings))
+                if self._on_written is not None:
+                    self._on_written(job.device_id, job.readings)
+            else:
+                _fail(job, NotFound(f"device {job.device_id} not found", code="device_not_found"))
+
+    async def _key_ids_for(self, names: set[str]) -> dict[str, int]:
+        missing = names - self._key_ids.keys()
+        if missing:
+            async with self._factory() as session, session.begin():
+                await session.execute(
+                    _insert(session, TelemetryKey).on_conflict_do_nothing(index_elements=["name"]),
+                    [{"name": n} for n in sorted(missing)],
+                )
+                rows = await session.execute(
+                    select(TelemetryKey.name, TelemetryKey.id).where(TelemetryKey.name.in_(missing))
+                )
+                self._key_ids.update(dict(rows.tuples()))
+        return self._key_ids
+
+    async def _write(self, jobs: list[_Job]) -> set[str]:
+        """Store the jobs in one transaction; returns the device ids that still exist."""
+        key_ids = await self._key_ids_for({r.key for job in jobs for r in job.readings})
+        now_ms = epoch_ms()
+        async with self._factory() as session, session.begin():
+            # Touching the device rows first also locks them against a concurrent delete.
+            device_ids = sorted({job.device_id for job in jobs})
+            window_s = func.coalesce(Device.interval_s * OFFLINE_INTERVALS, self._offline_after_s)
+            result = await session.execute(
+                update(Device)
+                .where(Device.id.in_(device_ids))
+                .values(last_seen=utcnow(), status="online", offline_at_ms=now_ms + window_s * 1000)
+                .returning(Device.id)
+            )
+            alive = set(result.scalars())
+            points: dict[PointKey, float] = {}
+            for job in jobs:
+                if job.device_id not in alive:
+                    continue
+                device = mac_to_int(job.device_id)
+                for r in job.readings:
+                    # Re-inserting moves the key to the end: the later document wins.
+                    points.pop((device, key_ids[r.key], r.ts), None)
+                    points[(device, key_ids[r.key], r.ts)] = r.value
+            if points:
+                await self._store(session, points)
+        return alive
+
+    async def _store(self, session: AsyncSession, points: dict[PointKey, float]) -> None:
+        rows: list[dict[str, Any]] = [
+            {"device": d, "key_id": k, "ts": t, "value": v} for (d, k, t), v in points.items()
+        ]
+        stmt = _insert(session, Point)
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["device", "key_id", "ts"], set_={"value": stmt.excluded.value}
+            ),
+            rows,
+        )
+        newest: dict[tuple[int, int], dict[str, Any]] = {}
+        for row in rows:
+            slot = (row["device"], row["key_id"])
+            current = newest.get(slot)
+            if current is None or row["ts"] >= current["ts"]:
+                newest[slot] = row
+        stmt = _insert(session, LatestValue)
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["device", "key_id"],
+                set_={"ts": stmt.excluded.ts, "value": stmt.excluded.value},
+                where=stmt.excluded.ts >= LatestValue.ts,
+            ),
+            list(newest.values()),
+        )
+
+
+def _insert(session: AsyncSession, model: type[Any]) -> Any:
+    # Both dialects offer the same ON CONFLICT API; pick the one the session speaks.
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(model.__table__)
+
+
+def _fail(job: _Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)

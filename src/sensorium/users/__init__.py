@@ -1,0 +1,1 @@
+"""User accounts, passwords and login sessions."""
