@@ -182,4 +182,7 @@ def test_any_document_yields_a_report_or_a_payload_error(doc: object) -> None:
     if isinstance(report, PayloadError):
         assert report.code in {"invalid_shape", "invalid_value"}
     else:
-        assert isinstance(report, StatusReport)
+        assert report.online in {None, True, False}
+        assert report.fw is None or 0 < len(report.fw) <= 32
+        assert report.rssi is None or -150 <= report.rssi <= 0
+        assert report.interval_s is None or 1 <= report.interval_s <= 86400

@@ -24,7 +24,7 @@ async def latest(session: AsyncSession, *, device_id: str) -> dict[str, PointPub
         .where(LatestValue.device == mac_to_int(device_id))
         .order_by(TelemetryKey.name)
     )
-    return {name: PointPublic(key=name, ts=ts, value=value) for name, ts, value in rows.tuples()}
+    return {name: PointPublic(key=name, ts=ts, value=value) for name, ts, value in rows}
 
 
 def encode_cursor(ts: int, key_id: int) -> str:
@@ -75,7 +75,7 @@ async def query_points(
         query = query.order_by(Point.ts, Point.key_id)
     else:
         query = query.order_by(Point.ts.desc(), Point.key_id.desc())
-    rows = list((await session.execute(query.limit(limit + 1))).tuples())
+    rows = list(await session.execute(query.limit(limit + 1)))
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -155,7 +155,7 @@ class BatchWriter:
                 rows = await session.execute(
                     select(TelemetryKey.name, TelemetryKey.id).where(TelemetryKey.name.in_(missing))
                 )
-                self._key_ids.update(dict(rows.tuples()))
+                self._key_ids.update({name: key_id for name, key_id in rows})
         return self._key_ids
 
     async def _write(self, jobs: list[_Job]) -> set[str]:
@@ -169,7 +169,11 @@ class BatchWriter:
             result = await session.execute(
                 update(Device)
                 .where(Device.id.in_(device_ids))
-                .values(last_seen=utcnow(), status="online", offline_at_ms=now_ms + window_s * 1000)
+                .values(
+                    last_seen=utcnow(),
+                    status="online",
+                    offline_at_ms=literal(now_ms, BigInteger) + window_s * 1000,
+                )
                 .returning(Device.id)
             )
             alive = set(result.scalars())

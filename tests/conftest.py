@@ -1,0 +1,200 @@
+"""Shared fixtures: a migrated database (SQLite or PostgreSQL), the app, and API helpers.
+
+Run on PostgreSQL with `pytest --db=postgresql`; the suite creates and drops its own
+database on the server at SENSORIUM_TEST_POSTGRES_URL (default: local, user postgres).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from sensorium import migrate
+from sensorium.api.app import create_app
+from sensorium.config import Settings
+from sensorium.db import create_engine
+from sensorium.models import Base
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SENSORIUM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="database backend the suite runs against",
+    )
+
+
+async def _admin_execute(statement: str) -> None:
+    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=None)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    backend = request.config.getoption("--db")
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("db") / "sensorium.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        migrate.upgrade(url)
+        yield url
+        return
+    name = f"sensorium_test_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+    except (OSError, Exception) as exc:  # connection refused, auth failure, ...
+        message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    try:
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            else:
+                for table in tables:
+                    await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def clean_db(database_url: str) -> AsyncIterator[str]:
+    """The database, emptied after the test so tests can run in any order."""
+    yield database_url
+    await _truncate(database_url)
+
+
+@pytest.fixture
+def settings(clean_db: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=clean_db,
+        data_dir=tmp_path / "data",
+        secret_key=secrets.token_urlsafe(48),
+        # Cheap hashing keeps the suite fast; production cost is checked in test_security.
+        argon2_time_cost=1,
+        argon2_memory_kib=64,
+        argon2_parallelism=1,
+        device_rate_limit="1000/second",
+    )
+
+
+@pytest.fixture
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+@dataclass
+class Account:
+    username: str
+    password: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+@dataclass
+class RegisteredDevice:
+    id: str
+    token: str
+    owner: Account
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class Api:
+    """What a user does through the HTTP API, in one line each."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self._macs = 0
+
+    async def account(self, username: str | None = None) -> Account:
+        username = username or f"user{secrets.token_hex(3)}"
+        password = "correct horse battery"
+        r = await self.client.post(
+            "/api/v1/auth/register", json={"username": username, "password": password}
+        )
+        assert r.status_code == 201, r.text
+        r = await self.client.post(
+            "/api/v1/auth/login", json={"username": username, "password": password}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return Account(username, password, body["access_token"], body["refresh_token"])
+
+    def next_mac(self) -> str:
+        self._macs += 1
+        return f"A4:CF:12:00:{self._macs >> 8:02X}:{self._macs & 0xFF:02X}"
+
+    async def device(
+        self, owner: Account, mac: str | None = None, **extra: Any
+    ) -> RegisteredDevice:
+        body = {"mac": mac or self.next_mac(), "name": extra.pop("name", "sensor"), **extra}
+        r = await self.client.post("/api/v1/devices", json=body, headers=owner.headers)
+        assert r.status_code == 201, r.text
+        return RegisteredDevice(r.json()["id"], r.json()["token"], owner)
+
+    async def send(self, device: RegisteredDevice, payload: Any) -> httpx.Response:
+        return await self.client.post(
+            f"/api/v1/devices/{device.id}/telemetry", json=payload, headers=device.headers
+        )
+
+
+@pytest.fixture
+def api(app_client: httpx.AsyncClient) -> Api:
+    return Api(app_client)
+
+
+@pytest.fixture(autouse=True)
+def verify_cleanup() -> Iterator[None]:
+    """Fail a test that leaves threads behind (Home Assistant's verify_cleanup)."""
+    before = set(threading.enumerate())
+    yield
+    leftover = [
+        t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+    ]
+    assert not leftover, f"threads left running: {leftover}"
