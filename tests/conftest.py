@@ -11,9 +11,7 @@ import os
 import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +23,7 @@ from sensorium.api.app import create_app
 from sensorium.config import Settings
 from sensorium.db import create_engine
 from sensorium.models import Base
+from tests.helpers import Api
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SENSORIUM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -120,68 +119,6 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
-
-
-@dataclass
-class Account:
-    username: str
-    password: str
-    access_token: str
-    refresh_token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
-
-
-@dataclass
-class RegisteredDevice:
-    id: str
-    token: str
-    owner: Account
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-class Api:
-    """What a user does through the HTTP API, in one line each."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-        self._macs = 0
-
-    async def account(self, username: str | None = None) -> Account:
-        username = username or f"user{secrets.token_hex(3)}"
-        password = "correct horse battery"
-        r = await self.client.post(
-            "/api/v1/auth/register", json={"username": username, "password": password}
-        )
-        assert r.status_code == 201, r.text
-        r = await self.client.post(
-            "/api/v1/auth/login", json={"username": username, "password": password}
-        )
-        assert r.status_code == 200, r.text
-        body = r.json()
-        return Account(username, password, body["access_token"], body["refresh_token"])
-
-    def next_mac(self) -> str:
-        self._macs += 1
-        return f"A4:CF:12:00:{self._macs >> 8:02X}:{self._macs & 0xFF:02X}"
-
-    async def device(
-        self, owner: Account, mac: str | None = None, **extra: Any
-    ) -> RegisteredDevice:
-        body = {"mac": mac or self.next_mac(), "name": extra.pop("name", "sensor"), **extra}
-        r = await self.client.post("/api/v1/devices", json=body, headers=owner.headers)
-        assert r.status_code == 201, r.text
-        return RegisteredDevice(r.json()["id"], r.json()["token"], owner)
-
-    async def send(self, device: RegisteredDevice, payload: Any) -> httpx.Response:
-        return await self.client.post(
-            f"/api/v1/devices/{device.id}/telemetry", json=payload, headers=device.headers
-        )
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from sensorium.telemetry.models import LatestValue, Point
-from tests.conftest import Api, RegisteredDevice
+from tests.helpers import Api
 
 
 async def count_points(client: httpx.AsyncClient) -> int:

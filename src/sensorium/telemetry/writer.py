@@ -155,7 +155,7 @@ class BatchWriter:
                 rows = await session.execute(
                     select(TelemetryKey.name, TelemetryKey.id).where(TelemetryKey.name.in_(missing))
                 )
-                self._key_ids.update({name: key_id for name, key_id in rows})
+                self._key_ids.update({row.name: row.id for row in rows})
         return self._key_ids
 
     async def _write(self, jobs: list[_Job]) -> set[str]:

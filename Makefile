@@ -1,0 +1,63 @@
+# Sensorium — `make help` lists the targets. `make test` is exactly what CI runs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TMP_DB := $(shell mktemp -u /tmp/sensorium-check-XXXXXX).db
+# pytest exits 5 when it collected nothing; a filter that matches nothing is not a failure.
+PYTEST = rc=0; $(PY) -m pytest -W error $(PYTEST_ARGS) $(1) || rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+.PHONY: help install demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install Sensorium with its dev tools
+
+demo: install ## Migrate an SQLite database and start the server with a demo login
+	$(VENV)/bin/sensorium serve --demo
+
+serve: install ## Start the server (configure with SENSORIUM_* variables)
+	$(VENV)/bin/sensorium serve
+
+test: install lint typecheck migrations-check test-sqlite test-postgresql ## Everything CI checks
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+fmt: install ## Format and autofix
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+typecheck: install ## mypy --strict
+	$(VENV)/bin/mypy src tests bench
+
+migrations-check: install ## alembic check: models and migrations agree (fresh SQLite)
+	SENSORIUM_DATABASE_URL=sqlite+aiosqlite:///$(TMP_DB) $(VENV)/bin/alembic upgrade head
+	SENSORIUM_DATABASE_URL=sqlite+aiosqlite:///$(TMP_DB) $(VENV)/bin/alembic check
+	rm -f $(TMP_DB) $(TMP_DB)-wal $(TMP_DB)-shm
+
+test-sqlite: install ## pytest on SQLite
+	@$(call PYTEST,--db=sqlite)
+
+test-postgresql: install ## pytest on PostgreSQL (creates and drops its own database)
+	@$(call PYTEST,--db=postgresql)
+
+bench: install ## Run the benchmarks (results go in docs/benchmarks.md)
+	$(PY) bench/http_ingest.py
+
+clean: ## Remove the venv, caches and the local database
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info
