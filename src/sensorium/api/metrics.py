@@ -55,6 +55,11 @@ class MetricsMiddleware:
 
 
 def _route_template(scope: Scope) -> str:
-    # FastAPI puts the matched route into the scope; unmatched requests share one label.
-    path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    """The matched route as a template (`/api/v1/devices/{device_id}`), not the raw path,
+    which would give every device its own label. Unmatched requests share one label."""
+    if scope.get("route") is None:
+        return "unmatched"
+    names = {str(v): k for k, v in scope.get("path_params", {}).items()}
+    if not names:
+        return str(scope["path"])
+    return "/".join(f"{{{names[s]}}}" if s in names else s for s in scope["path"].split("/"))
