@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -83,7 +84,7 @@ def _demo_password(settings: Settings) -> str:
     if path.exists():
         return path.read_text().strip()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    password = "demo-" + secrets.token_urlsafe(9)
+    password = secrets.token_urlsafe(12)
     path.touch(mode=0o600)
     path.write_text(password)
     return password
@@ -102,6 +103,18 @@ def _ensure_demo_user(settings: Settings) -> str:
     return password
 
 
+def _first_free_port(host: str, start: int) -> int:
+    """`start` or the next port after it that nobody listens on."""
+    for port in range(start, start + 100):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise typer.BadParameter(f"no free port in {start}..{start + 99}")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
@@ -115,7 +128,10 @@ def serve(
     """Run Sensorium: the API and dashboard."""
     settings = _settings()
     host = host or settings.host
-    port = port or settings.port
+    if port is None:
+        port = _first_free_port(host, settings.port)
+        if port != settings.port:
+            console.print(f"[yellow]port {settings.port} is taken; using {port}[/]")
     if run_migrations:
         migrate.upgrade(settings.database_url)
     url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"  # noqa: S104
