@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -93,6 +94,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _ops_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
+
+    @router.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        # Until the dashboard lands, the front door is the interactive API documentation.
+        return RedirectResponse("/docs")
 
     @router.get("/healthz")
     async def healthz(ctx: ContextDep) -> Response:
