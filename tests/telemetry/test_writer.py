@@ -1,0 +1,147 @@
+"""The batching writer: group commit, all-or-nothing documents, isolation of failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from sensorium.config import Settings
+from sensorium.db import create_engine, session_factory
+from sensorium.devices.models import Device
+from sensorium.errors import NotFound
+from sensorium.protocol import Reading, mac_to_int
+from sensorium.telemetry.models import LatestValue, Point
+from sensorium.telemetry.writer import BatchWriter
+from sensorium.users.models import User
+
+
+@pytest.fixture
+async def env(settings: Settings) -> AsyncIterator[Any]:
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        user = User(username="w", password_hash="x")
+        session.add(user)
+        await session.flush()
+        for i in range(3):
+            session.add(Device(id=f"02000000000{i}", owner_id=user.id, name=f"d{i}", info={}))
+    yield sessions
+    await engine.dispose()
+
+
+def readings(n: int, *, key: str = "t", start: int | None = None) -> list[Reading]:
+    start = start if start is not None else int(time.time() * 1000) - n
+    return [Reading(ts=start + i, key=key, value=float(i)) for i in range(n)]
+
+
+async def count(sessions: Any, model: type) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_concurrent_documents_are_group_committed(env: Any) -> None:
+    flushes = 0
+    writer = BatchWriter(env, offline_after_s=60)
+    original = writer._write
+
+    async def counting(jobs: Any) -> set[str]:
+        nonlocal flushes
+        flushes += 1
+        return await original(jobs)
+
+    writer._write = counting  # type: ignore[method-assign]
+    await writer.start()
+    results = await asyncio.gather(
+        *(writer.write(f"02000000000{i % 3}", readings(10, key=f"k{i}")) for i in range(60))
+    )
+    await writer.stop()
+    assert results == [10] * 60
+    assert await count(env, Point) == 600
+    # 60 documents queued at once need far fewer than 60 transactions.
+    assert flushes < 10
+
+
+async def test_a_failing_document_does_not_take_others_down(env: Any) -> None:
+    writer = BatchWriter(env, offline_after_s=60)
+    original = writer._store
+
+    async def poisoned(session: Any, points: dict[Any, float]) -> None:
+        if any(key[0] == mac_to_int("020000000001") for key in points):
+            raise RuntimeError("disk on fire")
+        await original(session, points)
+
+    writer._store = poisoned  # type: ignore[method-assign]
+    await writer.start()
+    good = writer.submit("020000000000", readings(5))
+    bad = writer.submit("020000000001", readings(5))
+    also_good = writer.submit("020000000002", readings(5))
+    assert await good == 5
+    assert await also_good == 5
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await bad
+    await writer.stop()
+    async with env() as session:
+        devices = set(await session.scalars(select(Point.device).distinct()))
+    assert devices == {mac_to_int("020000000000"), mac_to_int("020000000002")}
+
+
+async def test_readings_of_a_deleted_device_are_dropped(env: Any) -> None:
+    writer = BatchWriter(env, offline_after_s=60)
+    await writer.start()
+    with pytest.raises(NotFound):
+        await writer.write("0200000000ff", readings(3))
+    await writer.stop()
+    assert await count(env, Point) == 0
+    assert await count(env, LatestValue) == 0
+
+
+async def test_stop_drains_the_queue(env: Any) -> None:
+    writer = BatchWriter(env, offline_after_s=60, max_batch=7)
+    await writer.start()
+    futures = [writer.submit("020000000000", readings(5, key=f"k{i}")) for i in range(20)]
+    await writer.stop()
+    assert all(f.done() and f.result() == 5 for f in futures)
+    assert await count(env, Point) == 100
+
+
+async def test_a_document_is_never_split_across_transactions(env: Any) -> None:
+    batches: list[int] = []
+    writer = BatchWriter(env, offline_after_s=60, max_batch=10)
+    original = writer._store
+
+    async def recording(session: Any, points: dict[Any, float]) -> None:
+        batches.append(len(points))
+        await original(session, points)
+
+    writer._store = recording  # type: ignore[method-assign]
+    await writer.start()
+    await asyncio.gather(
+        *(writer.write("020000000000", readings(25, key=f"k{i}")) for i in range(3))
+    )
+    await writer.stop()
+    assert all(size % 25 == 0 for size in batches)
+    assert sum(batches) == 75
+
+
+async def test_latest_tracks_the_newest_timestamp_and_marks_online(env: Any) -> None:
+    writer = BatchWriter(env, offline_after_s=60)
+    await writer.start()
+    now = int(time.time() * 1000)
+    await writer.write("020000000000", [Reading(ts=now, key="t", value=5.0)])
+    await writer.write("020000000000", [Reading(ts=now - 1000, key="t", value=1.0)])
+    await writer.write("020000000000", [Reading(ts=now, key="t", value=6.0)])
+    await writer.stop()
+    async with env() as session:
+        latest = await session.scalar(select(LatestValue))
+        device = await session.get(Device, "020000000000")
+    assert latest is not None
+    assert (latest.ts, latest.value) == (now, 6.0)
+    assert device is not None
+    assert device.status == "online"
+    assert device.offline_at_ms is not None
+    assert device.offline_at_ms >= now + 59_000
