@@ -79,6 +79,8 @@ API = "/api/v1"
 HIGH_RATE_LIMIT = "1000000/second"
 TARGET_RATE = 3000.0
 TARGET_P99_MS = 25.0
+# An open-loop phase stops sending this long after its end when the server fell behind.
+OVERRUN_GRACE_S = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 PhaseKind = Literal["ingest", "healthz"]
@@ -124,13 +126,14 @@ class ConnResult:
     latencies: list[float] = field(default_factory=list)  # seconds, from scheduled send
     service_times: list[float] = field(default_factory=list)  # seconds, from actual send
     late_starts: int = 0  # open loop: sends more than 1 ms after their scheduled time
+    unsent: int = 0  # open loop: scheduled requests dropped because the server fell behind
 
 
 @dataclass(slots=True)
 class CpuSample:
     wall: float
     machine_busy: float  # seconds of CPU busy, all cores, since boot
-    groups: dict[str, float]  # seconds of CPU by process group
+    processes: dict[int, tuple[str, float]]  # pid -> (group, CPU seconds so far)
 
 
 @dataclass(slots=True)
@@ -152,8 +155,10 @@ class PhaseReport:
     service_p50_ms: float
     service_p99_ms: float
     late_start_pct: float
+    unsent: int
     cpu_cores: dict[str, float]
-    meets_target: bool | None = None
+    sustained: bool | None = None  # open loop: the offered rate was delivered, no errors
+    meets_target: bool | None = None  # open loop: >= TARGET_RATE sustained with p99 in target
 
 
 # --------------------------------------------------------------------------- client side
@@ -224,7 +229,12 @@ def _run_connection(
                 if scheduled >= end:
                     break
                 next_at += interval
-                delay = scheduled - time.time()
+                now = time.time()
+                if now > end + OVERRUN_GRACE_S:
+                    # Hopelessly behind: give up on the rest of the schedule.
+                    result.unsent += int((end - scheduled) / interval) + 1
+                    break
+                delay = scheduled - now
                 if delay > 0:
                     time.sleep(delay)
                 elif delay < -0.001 and scheduled >= measure_from:
@@ -351,20 +361,26 @@ def cpu_sample(server_pid: int | None, client_pids: Sequence[int]) -> CpuSample:
     table = _all_processes()
     server = _descendants(server_pid, table) if server_pid is not None else set()
     clients = set(client_pids) | {os.getpid()}
-    groups = {"server": 0.0, "postgres": 0.0, "clients": 0.0}
+    processes: dict[int, tuple[str, float]] = {}
     for pid, (secs, _, comm) in table.items():
         if pid in server:
-            groups["server"] += secs
+            processes[pid] = ("server", secs)
         elif pid in clients:
-            groups["clients"] += secs
+            processes[pid] = ("clients", secs)
         elif comm.startswith("postgres"):
-            groups["postgres"] += secs
-    return CpuSample(time.time(), _machine_busy(), groups)
+            processes[pid] = ("postgres", secs)
+    return CpuSample(time.time(), _machine_busy(), processes)
 
 
 def cpu_between(a: CpuSample, b: CpuSample) -> dict[str, float]:
+    """Cores used by each group between two samples. Per process, so that processes coming
+    and going (other people's PostgreSQL connections) do not distort the sums; CPU of
+    processes that exited in between lands in "other"."""
     wall = max(b.wall - a.wall, 1e-9)
-    cores = {k: max(0.0, (b.groups[k] - a.groups[k]) / wall) for k in a.groups}
+    cores = {"server": 0.0, "postgres": 0.0, "clients": 0.0}
+    for pid, (group, secs) in b.processes.items():
+        before = a.processes.get(pid)
+        cores[group] += (secs - before[1] if before is not None else secs) / wall
     busy = (b.machine_busy - a.machine_busy) / wall
     cores["other"] = max(0.0, busy - sum(cores.values()))
     cores["machine"] = busy
@@ -727,11 +743,13 @@ def run_phase(
         service_p50_ms=round(_percentile(service, 0.50) * 1000, 2),
         service_p99_ms=round(_percentile(service, 0.99) * 1000, 2),
         late_start_pct=round(100 * sum(r.late_starts for r in results) / max(sent, 1), 1),
+        unsent=sum(r.unsent for r in results),
         cpu_cores=cpu_between(before, after),
     )
     if rate is not None:
+        report.sustained = report.rps >= 0.98 * rate and errors == 0 and report.unsent == 0
         report.meets_target = (
-            report.rps >= 0.98 * rate and report.p99_ms < TARGET_P99_MS and errors == 0
+            rate >= TARGET_RATE and report.sustained and report.p99_ms < TARGET_P99_MS
         )
     log(
         f"  {report.rps:,.0f} req/s, p50 {report.p50_ms} ms, p99 {report.p99_ms} ms, "
@@ -954,12 +972,13 @@ def render(result: dict[str, Any]) -> str:
     lines.append("")
     for p in result["phases"]:
         if p["offered_rps"] is not None:
-            verdict = "meets" if p["meets_target"] else "misses"
+            verdict = "sustained" if p["sustained"] else "NOT sustained"
+            target = "meets" if p["meets_target"] else "misses"
             lines.append(
-                f"{p['name']}: achieved {p['rps']:,.0f}/s, p99 {p['p99_ms']} ms "
-                f"(service time p99 {p['service_p99_ms']} ms, late sends {p['late_start_pct']} %)"
-                f" -> {verdict} the target (>= {TARGET_RATE:,.0f}/s offered needs p99 < "
-                f"{TARGET_P99_MS:g} ms)"
+                f"{p['name']}: {verdict}, achieved {p['rps']:,.0f}/s, p50 {p['p50_ms']} ms, "
+                f"p99 {p['p99_ms']} ms (service time p99 {p['service_p99_ms']} ms, late sends "
+                f"{p['late_start_pct']} %, unsent {p['unsent']}) -> {target} the target "
+                f"(>= {TARGET_RATE:,.0f}/s with p99 < {TARGET_P99_MS:g} ms)"
             )
     for r in result["raw_postgresql"]:
         lines.append(
@@ -989,7 +1008,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=1000, help="devices to register")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument(
-        "--connections", type=int, default=64, help="keep-alive connections per client process"
+        "--connections", type=int, default=128, help="keep-alive connections per client process"
     )
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument(

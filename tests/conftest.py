@@ -19,11 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from sensorium import migrate
-from sensorium.api.app import create_app
 from sensorium.config import Settings
 from sensorium.db import create_engine
 from sensorium.models import Base
-from tests.helpers import Api
+from tests.helpers import Api, running_client
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SENSORIUM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -113,12 +112,8 @@ def settings(clean_db: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with running_client(settings) as client:
+        yield client
 
 
 @pytest.fixture

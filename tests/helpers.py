@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from sensorium.api.app import create_app
+from sensorium.config import Settings
 
 
 @dataclass
@@ -69,3 +74,14 @@ class Api:
         return await self.client.post(
             f"/api/v1/devices/{device.id}/telemetry", json=payload, headers=device.headers
         )
+
+
+@asynccontextmanager
+async def running_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to a started app (lifespan run) built from `settings`."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client

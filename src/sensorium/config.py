@@ -49,8 +49,11 @@ class Settings(BaseSettings):
     # A device with no data for this long counts as offline when it never said its interval.
     offline_after_s: int = Field(180, ge=5)
 
+    # The writer group-commits: it takes everything queued while the previous transaction
+    # ran, up to max_batch readings. A linger makes it wait that long for more (bigger
+    # batches, higher latency); 0 suits HTTP clients that wait for their commit.
     writer_max_batch: int = Field(5000, ge=1)
-    writer_max_linger_ms: int = Field(50, ge=0)
+    writer_max_linger_ms: int = Field(0, ge=0, le=1000)
     writer_queue_size: int = Field(100_000, ge=1)
 
     host: str = "127.0.0.1"

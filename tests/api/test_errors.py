@@ -6,9 +6,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensorium.api.app import create_app
 from sensorium.config import Settings
-from tests.helpers import Api
+from tests.helpers import Api, running_client
 
 
 async def test_unknown_path_is_json_404(app_client: httpx.AsyncClient) -> None:
@@ -72,11 +71,8 @@ async def test_healthz_is_503_without_a_database(settings: Settings, tmp_path: o
     broken = settings.model_copy(
         update={"database_url": "postgresql+asyncpg://nobody@127.0.0.1:1/none"}
     )
-    app = create_app(broken)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            r = await client.get("/healthz")
+    async with running_client(broken) as client:
+        r = await client.get("/healthz")
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "database_unavailable"
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sensorium import __version__
 from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep
-from sensorium.api.errors import error_response, install_error_handlers
+from sensorium.api.errors import error_response, error_responses, install_error_handlers
 from sensorium.api.metrics import MetricsMiddleware
 from sensorium.config import Settings, get_settings
 from sensorium.db import create_engine, session_factory
@@ -84,9 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
-    api.include_router(users_router)
-    api.include_router(devices_router)
-    api.include_router(telemetry_router)
+    # Every API route documents the one error shape (and replaces FastAPI's default 422).
+    documented = error_responses(401, 403, 404, 409, 413, 415, 422, 429)
+    api.include_router(users_router, responses=documented)
+    api.include_router(devices_router, responses=documented)
+    api.include_router(telemetry_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())
     return app

@@ -10,11 +10,38 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sensorium import errors
 from sensorium.protocol import ProtocolError
 from sensorium.telemetry.writer import WriterOverloaded
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code", examples=["invalid_value"])
+    message: str = Field(examples=["entry 3: value of 'temp' must be a number or boolean"])
+    field: str | None = Field(
+        description="The offending field, if one", examples=["[3].values.temp"]
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting the error shape for these statuses."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": HTTP_CODES.get(status, "error").replace("_", " "),
+        }
+        for status in statuses
+    }
+
 
 STATUS_BY_ERROR: dict[type[errors.SensoriumError], int] = {
     errors.NotFound: 404,

@@ -1,28 +1,22 @@
-"""Token rotation with a grace period: the old token keeps working until it ends."""
+"""Settings-dependent device behaviour: token rotation grace, per-device rate limit."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 from sqlalchemy import update
 
-from sensorium.api.app import create_app
 from sensorium.config import Settings
 from sensorium.devices.models import DeviceCredential
-from tests.helpers import Api
+from tests.helpers import Api, running_client
 
 
 @pytest.fixture
 async def grace_api(settings: Settings) -> AsyncIterator[Api]:
-    app = create_app(settings.model_copy(update={"device_token_grace_s": 3600}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield Api(client)
+    async with running_client(settings.model_copy(update={"device_token_grace_s": 3600})) as client:
+        yield Api(client)
 
 
 async def test_old_token_works_during_grace_then_stops(grace_api: Api) -> None:
@@ -47,3 +41,30 @@ async def test_old_token_works_during_grace_then_stops(grace_api: Api) -> None:
     assert (await api.send(device, {"a": 2})).status_code == 401
     device.token = new_token
     assert (await api.send(device, {"a": 3})).status_code == 202
+
+
+@pytest.fixture
+async def limited_api(settings: Settings) -> AsyncIterator[Api]:
+    async with running_client(
+        settings.model_copy(update={"device_rate_limit": "3/minute"})
+    ) as client:
+        yield Api(client)
+
+
+async def test_device_rate_limit_is_429_with_retry_after(limited_api: Api) -> None:
+    api = limited_api
+    owner = await api.account()
+    device = await api.device(owner)
+    other = await api.device(owner)
+    for i in range(3):
+        assert (await api.send(device, {"n": i})).status_code == 202
+    r = await api.send(device, {"n": 99})
+    assert r.status_code == 429
+    assert 0 < int(r.headers["Retry-After"]) <= 60
+    assert r.json()["error"]["code"] == "rate_limited"
+    latest = await api.client.get(
+        f"/api/v1/devices/{device.id}/telemetry/latest", headers=owner.headers
+    )
+    assert latest.json()["values"]["n"]["value"] == 2
+    # The limit is per device.
+    assert (await api.send(other, {"n": 1})).status_code == 202
