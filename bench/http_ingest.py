@@ -785,6 +785,7 @@ def _start_py_spy(
                     "--format",
                     "raw",
                     "--nonblocking",
+                    "--gil",  # only the thread holding the GIL: where the CPU goes
                     "--output",
                     str(out),
                 ],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -78,20 +77,9 @@ def migrate_cmd() -> None:
     console.print("[green]database is up to date[/]")
 
 
-def _demo_password(settings: Settings) -> str:
-    # A random password per data directory rather than a well-known default.
-    path = settings.data_dir / "demo-password"
-    if path.exists():
-        return path.read_text().strip()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(12)
-    path.touch(mode=0o600)
-    path.write_text(password)
-    return password
-
-
 def _ensure_demo_user(settings: Settings) -> str:
-    password = _demo_password(settings)
+    # A random password per data directory rather than a well-known default.
+    password = settings.local_secret("demo-password", nbytes=12)
 
     async def work(session: AsyncSession) -> None:
         if await session.scalar(select(User.id).where(User.username == DEMO_USER)) is None:

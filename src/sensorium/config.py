@@ -87,15 +87,19 @@ class Settings(BaseSettings):
         self.check_secure()
         if self.secret_key:
             return self.secret_key
-        path = self.data_dir / "secret_key"
+        self.secret_key = self.local_secret("secret_key", nbytes=48)
+        return self.secret_key
+
+    def local_secret(self, name: str, *, nbytes: int) -> str:
+        """A random secret kept in the data directory (mode 0600), made on first use."""
+        path = self.data_dir / name
         if path.exists():
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
+        value = secrets.token_urlsafe(nbytes)
         path.touch(mode=0o600)
-        path.write_text(key)
-        self.secret_key = key
-        return key
+        path.write_text(value)
+        return value
 
 
 @lru_cache(maxsize=1)
