@@ -1,0 +1,5 @@
+"""`python -m sensorium` runs the CLI."""
+
+from sensorium.cli import app
+
+app()
