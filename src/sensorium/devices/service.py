@@ -13,7 +13,13 @@ from sensorium.db import epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceCredential
 from sensorium.devices.schemas import DevicePublic, DeviceStatus
 from sensorium.errors import Conflict, Invalid, NotFound
-from sensorium.protocol import InvalidMac, StatusReport, mac_to_int, normalize_mac
+from sensorium.protocol import (
+    InvalidMac,
+    StatusReport,
+    is_canonical_mac,
+    mac_to_int,
+    normalize_mac,
+)
 from sensorium.telemetry.models import LatestValue, Point
 from sensorium.users.models import User
 from sensorium.users.security import hash_token, new_token
@@ -85,17 +91,10 @@ async def register_device(
 
 async def get_device(session: AsyncSession, *, owner: User, device_id: str) -> Device:
     """The owner's device; someone else's device is NotFound too, so ids do not leak."""
-    device = await session.get(Device, device_id) if _is_device_id(device_id) else None
+    device = await session.get(Device, device_id) if is_canonical_mac(device_id) else None
     if device is None or device.owner_id != owner.id:
         raise _not_found(device_id)
     return device
-
-
-def _is_device_id(value: str) -> bool:
-    try:
-        return normalize_mac(value) == value
-    except InvalidMac:
-        return False
 
 
 async def list_devices(

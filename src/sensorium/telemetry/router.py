@@ -55,10 +55,7 @@ async def ingest(device: CurrentDevice, request: Request, ctx: ContextDep) -> Re
     oldest = now - ctx.settings.raw_retention_days * 86_400_000
     try:
         readings = parse_telemetry(await read_json_body(request), now_ms=now, oldest_ms=oldest)
-    except ProtocolError as exc:
-        INGEST_REJECTED.labels("http", exc.code).inc()
-        raise
-    except SensoriumError as exc:
+    except (ProtocolError, SensoriumError) as exc:  # bad document, type or size
         INGEST_REJECTED.labels("http", exc.code).inc()
         raise
     stored = await ctx.writer.write(device, readings)
