@@ -157,6 +157,7 @@ class PhaseReport:
     late_start_pct: float
     unsent: int
     cpu_cores: dict[str, float]
+    server_cpu_us_per_request: float  # server CPU time per completed request: noise-robust
     sustained: bool | None = None  # open loop: the offered rate was delivered, no errors
     meets_target: bool | None = None  # open loop: >= TARGET_RATE sustained with p99 in target
 
@@ -725,6 +726,7 @@ def run_phase(
         for k, v in r.error_kinds.items():
             kinds[k] = kinds.get(k, 0) + v
     sent = len(latencies) + errors
+    cores = cpu_between(before, after)
     report = PhaseReport(
         name=name,
         kind=kind,
@@ -744,7 +746,8 @@ def run_phase(
         service_p99_ms=round(_percentile(service, 0.99) * 1000, 2),
         late_start_pct=round(100 * sum(r.late_starts for r in results) / max(sent, 1), 1),
         unsent=sum(r.unsent for r in results),
-        cpu_cores=cpu_between(before, after),
+        cpu_cores=cores,
+        server_cpu_us_per_request=round(cores["server"] * 1e6 / max(completed / duration_s, 1e-9)),
     )
     if rate is not None:
         report.sustained = report.rps >= 0.98 * rate and errors == 0 and report.unsent == 0
@@ -905,8 +908,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             saturation = phase("ingest", "ingest", None)
             phase("healthz", "healthz", None)
-            rates: list[float] = sorted(set(args.rate), reverse=True)
-            if args.auto_rate and saturation.rps < max(rates):
+            rates: list[float] = sorted(set(args.rate), reverse=True) if args.open_loop else []
+            if args.open_loop and args.auto_rate and saturation.rps < max(rates):
                 rates.append(round(0.8 * saturation.rps, -1))
             for r in rates:
                 phase(f"ingest @ {r:g}/s", "ingest", r)
@@ -960,14 +963,15 @@ def render(result: dict[str, Any]) -> str:
         f"server: {result['server']['package']} (workers={result['server']['workers']})",
         "",
         "| phase | mode | conns | req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-        "| CPU cores server/pg/clients/other |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server CPU µs/req | CPU cores server/pg/clients/other |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for p in result["phases"]:
         c = p["cpu_cores"]
         lines.append(
             f"| {p['name']} | {p['mode']} | {p['connections']} | {p['rps']:,.0f} "
             f"| {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {p['max_ms']} | {p['errors']} "
+            f"| {p['server_cpu_us_per_request']} "
             f"| {c['server']}/{c['postgres']}/{c['clients']}/{c['other']} |"
         )
     lines.append("")
@@ -1023,6 +1027,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="auto_rate",
         action="store_false",
         help="no extra phase at 80%% of saturation when it is below the highest --rate",
+    )
+    parser.add_argument(
+        "--no-open-loop",
+        dest="open_loop",
+        action="store_false",
+        help="only the closed-loop phases (quick A/B comparisons)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(

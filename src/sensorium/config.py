@@ -56,6 +56,25 @@ class Settings(BaseSettings):
     writer_max_linger_ms: int = Field(0, ge=0, le=1000)
     writer_queue_size: int = Field(100_000, ge=1)
 
+    # MQTT. Empty mqtt_url: `sensorium serve` starts and supervises its own Mosquitto.
+    # Set it (mqtt://host:port) to use an operator's broker provisioned with
+    # `sensorium broker init`; the admin and service passwords are then required.
+    mqtt_url: str = ""
+    mqtt_admin_username: str = "sensorium-admin"
+    mqtt_admin_password: str = ""
+    mqtt_service_username: str = "sensorium-service"
+    mqtt_service_password: str = ""
+    # What a device connecting to the embedded broker is told to use (printed, and in
+    # the firmware config); the embedded broker listens here or on a free port.
+    mqtt_embedded_host: str = "127.0.0.1"
+    mqtt_embedded_port: int = 1883
+    mosquitto_binary: str = "mosquitto"
+    mosquitto_dynsec_plugin: str = ""
+    # Session expiry of the worker's persistent MQTT session: messages published while it
+    # is down wait this long in the broker.
+    mqtt_session_expiry_s: int = Field(7 * 86400, ge=60)
+    worker_max_linger_ms: int = Field(50, ge=0, le=1000)
+
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
@@ -81,6 +100,19 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_LENGTH} characters in production mode "
                 '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))")'
             )
+
+    def mqtt_credentials(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(admin, service) username/password pairs; generated and kept in dev mode."""
+        admin = self.mqtt_admin_password
+        service = self.mqtt_service_password
+        if self.mode == "production" and self.mqtt_url and not (admin and service):
+            raise InsecureSettings(
+                "SENSORIUM_MQTT_ADMIN_PASSWORD and SENSORIUM_MQTT_SERVICE_PASSWORD must be set "
+                "in production mode"
+            )
+        admin = admin or self.local_secret("mqtt-admin-password", nbytes=24)
+        service = service or self.local_secret("mqtt-service-password", nbytes=24)
+        return (self.mqtt_admin_username, admin), (self.mqtt_service_username, service)
 
     def resolved_secret_key(self) -> str:
         """The signing key; in dev mode a random one is kept in the data directory."""

@@ -1,14 +1,18 @@
 """Imports every model so Base.metadata is complete (for Alembic and tests)."""
 
+from sensorium.broker.models import BrokerChange
 from sensorium.db import Base
-from sensorium.devices.models import Device, DeviceCredential
+from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
 from sensorium.users.models import RefreshToken, User
 
 __all__ = [
     "Base",
+    "BrokerChange",
     "Device",
     "DeviceCredential",
+    "DeviceLog",
+    "DeviceStatusEvent",
     "LatestValue",
     "Point",
     "RefreshToken",

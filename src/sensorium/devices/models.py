@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sensorium.db import Base, UTCDateTime, utcnow
@@ -46,3 +46,30 @@ class DeviceCredential(Base):
     # Set when a rotation retires this token: it keeps working until then.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeviceLog(Base):
+    """A device's log lines, capped per device (devices.service.MAX_LOG_LINES)."""
+
+    __tablename__ = "device_logs"
+    __table_args__ = (Index("ix_device_logs_device_id_id", "device_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class DeviceStatusEvent(Base):
+    """An online/offline transition: the device's online history."""
+
+    __tablename__ = "device_status_events"
+    __table_args__ = (Index("ix_device_status_events_device_id_ts", "device_id", "ts"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    online: Mapped[bool] = mapped_column(Boolean)
+    # "status" (the device said so), "lwt" (its last will), "timeout" (silence), "data".
+    reason: Mapped[str] = mapped_column(String(16))

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.db import epoch_ms, utcnow
-from sensorium.devices.models import Device, DeviceCredential
+from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.devices.schemas import DevicePublic, DeviceStatus
 from sensorium.errors import Conflict, Invalid, NotFound
 from sensorium.protocol import (
     InvalidMac,
+    LogRecord,
     StatusReport,
     is_canonical_mac,
     mac_to_int,
@@ -23,6 +25,16 @@ from sensorium.protocol import (
 from sensorium.telemetry.models import LatestValue, Point
 from sensorium.users.models import User
 from sensorium.users.security import hash_token, new_token
+
+
+class CredentialSink(Protocol):
+    """Told about credential changes inside the same transaction (the MQTT broker outbox)."""
+
+    async def device_created(self, session: AsyncSession, device_id: str, token: str) -> None: ...
+    async def password_changed(self, session: AsyncSession, device_id: str, token: str) -> None: ...
+    async def device_disabled(self, session: AsyncSession, device_id: str) -> None: ...
+    async def device_deleted(self, session: AsyncSession, device_id: str) -> None: ...
+
 
 DEVICE_TOKEN_PREFIX = "sdt_"
 # An online device is considered gone after this many reporting intervals of silence.
@@ -61,7 +73,13 @@ def to_public(device: Device, *, now_ms: int | None = None) -> DevicePublic:
 
 
 async def register_device(
-    session: AsyncSession, *, owner: User, mac: str, name: str, location: str = ""
+    session: AsyncSession,
+    *,
+    owner: User,
+    mac: str,
+    name: str,
+    location: str = "",
+    broker: CredentialSink | None = None,
 ) -> tuple[Device, str]:
     """Register a device by MAC; returns it and its token, which is never stored in clear."""
     try:
@@ -86,6 +104,8 @@ async def register_device(
             field="mac",
             code="device_exists",
         ) from None
+    if broker is not None:
+        await broker.device_created(session, device_id, token)
     return device, token
 
 
@@ -143,7 +163,9 @@ async def update_device(
     return device
 
 
-async def delete_device(session: AsyncSession, *, owner: User, device_id: str) -> None:
+async def delete_device(
+    session: AsyncSession, *, owner: User, device_id: str, broker: CredentialSink | None = None
+) -> None:
     """Delete a device with its credentials and all its data, in one transaction."""
     device = await get_device(session, owner=owner, device_id=device_id)
     # The device row goes first: the batch writer only stores points for devices it can
@@ -153,10 +175,17 @@ async def delete_device(session: AsyncSession, *, owner: User, device_id: str) -
     await session.execute(delete(Point).where(Point.device == num))
     await session.execute(delete(LatestValue).where(LatestValue.device == num))
     await session.execute(delete(DeviceCredential).where(DeviceCredential.device_id == device.id))
+    if broker is not None:
+        await broker.device_deleted(session, device.id)
 
 
 async def rotate_token(
-    session: AsyncSession, *, owner: User, device_id: str, grace_s: int
+    session: AsyncSession,
+    *,
+    owner: User,
+    device_id: str,
+    grace_s: int,
+    broker: CredentialSink | None = None,
 ) -> tuple[str, datetime | None]:
     """Issue a new token; the current ones keep working for `grace_s` seconds."""
     device = await get_device(session, owner=owner, device_id=device_id)
@@ -179,10 +208,14 @@ async def rotate_token(
     token = new_token(DEVICE_TOKEN_PREFIX)
     session.add(DeviceCredential(device_id=device.id, token_hash=hash_token(token)))
     await session.flush()
+    if broker is not None:
+        await broker.password_changed(session, device.id, token)
     return token, valid_until
 
 
-async def revoke_tokens(session: AsyncSession, *, owner: User, device_id: str) -> None:
+async def revoke_tokens(
+    session: AsyncSession, *, owner: User, device_id: str, broker: CredentialSink | None = None
+) -> None:
     """Revoke every token of the device at once; a rotation issues a new one."""
     device = await get_device(session, owner=owner, device_id=device_id)
     await session.execute(
@@ -190,6 +223,8 @@ async def revoke_tokens(session: AsyncSession, *, owner: User, device_id: str) -
         .where(DeviceCredential.device_id == device.id, DeviceCredential.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
+    if broker is not None:
+        await broker.device_disabled(session, device.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +258,14 @@ async def record_status(
     report: StatusReport,
     offline_after_s: int,
     now_ms: int | None = None,
+    reason: str = "status",
 ) -> Device:
     """Store what a device says about itself (firmware, RSSI, uptime, online or not)."""
     device = await session.get(Device, device_id, with_for_update=True)
     if device is None:
         raise _not_found(device_id)
     now_ms = now_ms if now_ms is not None else epoch_ms()
+    was_online = effective_status(device, now_ms=now_ms) == "online"
     if report.fw is not None:
         device.firmware_version = report.fw
     if report.interval_s is not None:
@@ -239,14 +276,84 @@ async def record_status(
         if value is not None:
             info[field] = value
     device.info = info
-    if report.online is False:
-        device.status = "offline"
-        device.offline_at_ms = now_ms
-    else:
+    online = report.online is not False
+    if online:
         device.status = "online"
         device.last_seen = utcnow()
         device.offline_at_ms = offline_deadline_ms(
             now_ms=now_ms, interval_s=device.interval_s, offline_after_s=offline_after_s
         )
+    else:
+        device.status = "offline"
+        device.offline_at_ms = now_ms
+    if online != was_online:
+        session.add(DeviceStatusEvent(device_id=device_id, ts=now_ms, online=online, reason=reason))
     await session.flush()
     return device
+
+
+async def mark_silent_devices_offline(
+    session: AsyncSession, *, now_ms: int | None = None
+) -> list[str]:
+    """Devices whose data stopped for 3 reporting intervals become offline (the scheduler)."""
+    now_ms = now_ms if now_ms is not None else epoch_ms()
+    result = await session.execute(
+        update(Device)
+        .where(Device.status == "online", Device.offline_at_ms <= now_ms)
+        .values(status="offline")
+        .returning(Device.id, Device.offline_at_ms)
+    )
+    silent = list(result.all())
+    for row in silent:
+        session.add(
+            DeviceStatusEvent(
+                device_id=row.id, ts=row.offline_at_ms, online=False, reason="timeout"
+            )
+        )
+    return [row.id for row in silent]
+
+
+async def status_history(
+    session: AsyncSession, *, device_id: str, limit: int = 100
+) -> list[DeviceStatusEvent]:
+    rows = await session.scalars(
+        select(DeviceStatusEvent)
+        .where(DeviceStatusEvent.device_id == device_id)
+        .order_by(DeviceStatusEvent.ts.desc(), DeviceStatusEvent.id.desc())
+        .limit(limit)
+    )
+    return list(rows)
+
+
+MAX_LOG_LINES = 1000
+
+
+async def append_log(session: AsyncSession, *, device_id: str, record: LogRecord) -> None:
+    """Keep a device's newest MAX_LOG_LINES log lines."""
+    if await session.get(Device, device_id) is None:
+        raise _not_found(device_id)
+    session.add(
+        DeviceLog(device_id=device_id, ts=record.ts, level=record.level, message=record.msg)
+    )
+    await session.flush()
+    cutoff = await session.scalar(
+        select(DeviceLog.id)
+        .where(DeviceLog.device_id == device_id)
+        .order_by(DeviceLog.id.desc())
+        .offset(MAX_LOG_LINES)
+        .limit(1)
+    )
+    if cutoff is not None:
+        await session.execute(
+            delete(DeviceLog).where(DeviceLog.device_id == device_id, DeviceLog.id <= cutoff)
+        )
+
+
+async def list_logs(
+    session: AsyncSession, *, device_id: str, limit: int = 100, level: str | None = None
+) -> list[DeviceLog]:
+    query = select(DeviceLog).where(DeviceLog.device_id == device_id)
+    if level is not None:
+        query = query.where(DeviceLog.level == level)
+    rows = await session.scalars(query.order_by(DeviceLog.id.desc()).limit(limit))
+    return list(rows)

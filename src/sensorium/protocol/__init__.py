@@ -4,6 +4,7 @@ Shared by the API, the worker and the simulator; the firmware mirrors it.
 """
 
 from sensorium.protocol.errors import InvalidMac, PayloadError, ProtocolError
+from sensorium.protocol.logs import LOG_LEVELS, LogRecord, parse_log
 from sensorium.protocol.mac import int_to_mac, is_canonical_mac, mac_to_int, normalize_mac
 from sensorium.protocol.status import StatusReport, parse_status, validate_status
 from sensorium.protocol.telemetry import (
@@ -28,6 +29,7 @@ from sensorium.protocol.topics import (
     ParsedTopic,
     command_result_topic,
     commands_topic,
+    downlink_topics,
     logs_topic,
     ota_progress_topic,
     ota_topic,
@@ -47,12 +49,14 @@ __all__ = [
     "KIND_STATE_REPORTED",
     "KIND_STATUS",
     "KIND_TELEMETRY",
+    "LOG_LEVELS",
     "MAX_BATCH_ENTRIES",
     "MAX_KEY_LENGTH",
     "MAX_PAYLOAD_BYTES",
     "TOPIC_PREFIX",
     "UPLINK_KINDS",
     "InvalidMac",
+    "LogRecord",
     "ParsedTopic",
     "PayloadError",
     "ProtocolError",
@@ -61,6 +65,7 @@ __all__ = [
     "command_result_topic",
     "commands_topic",
     "decode_document",
+    "downlink_topics",
     "int_to_mac",
     "is_canonical_mac",
     "logs_topic",
@@ -68,6 +73,7 @@ __all__ = [
     "normalize_mac",
     "ota_progress_topic",
     "ota_topic",
+    "parse_log",
     "parse_status",
     "parse_telemetry",
     "parse_uplink_topic",

@@ -102,6 +102,11 @@ def uplink_subscriptions(device_id: str = "+") -> tuple[str, ...]:
     )
 
 
+def downlink_topics(device_id: str = "+") -> tuple[str, ...]:
+    """The topics the server publishes to a device (default: filters for all devices)."""
+    return (state_desired_topic(device_id), commands_topic(device_id), ota_topic(device_id))
+
+
 def parse_uplink_topic(topic: str) -> ParsedTopic | None:
     """Split a device → server topic; None for anything else, including non-canonical ids."""
     if not isinstance(topic, str):

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.db import epoch_ms, utcnow
-from sensorium.devices.models import Device
+from sensorium.devices.models import Device, DeviceStatusEvent
 from sensorium.devices.service import OFFLINE_INTERVALS
 from sensorium.errors import NotFound, SensoriumError
 from sensorium.protocol import Reading, mac_to_int
@@ -165,6 +165,16 @@ class BatchWriter:
         async with self._factory() as session, session.begin():
             # Touching the device rows first also locks them against a concurrent delete.
             device_ids = sorted({job.device_id for job in jobs})
+            came_online = await session.execute(
+                update(Device)
+                .where(Device.id.in_(device_ids), Device.status != "online")
+                .values(status="online")
+                .returning(Device.id)
+            )
+            for device_id in came_online.scalars():
+                session.add(
+                    DeviceStatusEvent(device_id=device_id, ts=now_ms, online=True, reason="data")
+                )
             window_s = func.coalesce(Device.interval_s * OFFLINE_INTERVALS, self._offline_after_s)
             result = await session.execute(
                 update(Device)

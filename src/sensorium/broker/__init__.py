@@ -1,0 +1,1 @@
+"""The MQTT broker: Mosquitto provisioning (Dynamic Security) and the supervised child."""

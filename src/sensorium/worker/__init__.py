@@ -1,0 +1,1 @@
+"""The ingest worker: MQTT in, batched writes out, plus the scheduler."""

@@ -1,0 +1,312 @@
+"""The MQTT ingest coordinator: owns the broker connection and feeds the batch writer.
+
+paho-mqtt runs its network loop in its own thread (measured ~2.5x faster than aiomqtt
+here) and hands each message to the event loop. Messages are QoS 1 on a persistent
+session through a shared subscription, and each is acknowledged only after what it
+carries is committed, so killing a worker loses nothing: the broker redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECTED
+from sensorium.db import epoch_ms
+from sensorium.devices import service as devices
+from sensorium.errors import NotFound, SensoriumError
+from sensorium.protocol import (
+    KIND_LOGS,
+    KIND_STATUS,
+    KIND_TELEMETRY,
+    ProtocolError,
+    Reading,
+    parse_log,
+    parse_status,
+    parse_telemetry,
+    parse_uplink_topic,
+    uplink_subscriptions,
+)
+from sensorium.telemetry.writer import BatchWriter
+from sensorium.worker.acks import AckQueue
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "sensorium"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    username: str
+    password: str
+
+
+class RejectLog:
+    """Logs a rejected message at most once per device per minute (a broken device can
+    send thousands a second; the counter in /metrics has the full number)."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def warn(self, device_id: str, reason: str, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(device_id, -self._interval_s) >= self._interval_s:
+            self._last[device_id] = now
+            log.warning("dropped MQTT message from device %s: %s (%s)", device_id, reason, detail)
+
+
+class MqttIngest:
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        *,
+        client_id: str,
+        writer: BatchWriter,
+        sessions: async_sessionmaker[AsyncSession],
+        retention_days: int,
+        offline_after_s: int,
+        session_expiry_s: int,
+        receive_maximum: int = 5000,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self._writer = writer
+        self._sessions = sessions
+        self._retention_ms = retention_days * 86_400_000
+        self._offline_after_s = offline_after_s
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        # Status and log messages are few; one queue keeps each device's in order.
+        self._control: asyncio.Queue[tuple[mqtt.MQTTMessage, Any] | None] = asyncio.Queue()
+        self._consumer: asyncio.Task[None] | None = None
+        self._controller: asyncio.Task[None] | None = None
+        self._client: mqtt.Client | None = None
+        self._acks = AckQueue(self._send_ack)
+        self._connected = asyncio.Event()
+        self._rejects = RejectLog()
+        self._retries: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._consumer = asyncio.create_task(self._consume(), name="mqtt-ingest")
+        self._controller = asyncio.create_task(self._consume_control(), name="mqtt-control")
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.username_pw_set(self.endpoint.username, self.endpoint.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        properties = _properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self._session_expiry_s
+        properties.ReceiveMaximum = self._receive_maximum
+        self._client = client
+        # clean_start=False: resume the persistent session and what queued up meanwhile.
+        client.connect_async(
+            self.endpoint.host,
+            self.endpoint.port,
+            keepalive=30,
+            clean_start=False,
+            properties=properties,
+        )
+        client.loop_start()
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    async def stop(self, *, leave_group: bool = False) -> None:
+        """Disconnect after everything received so far is written and acknowledged.
+
+        `leave_group` (scaling down): unsubscribe first and end the session, so the
+        broker stops giving this worker a share and nothing waits in a dead session.
+        """
+        client = self._client
+        if client is not None and leave_group and self._connected.is_set():
+            client.unsubscribe(self._subscriptions())
+            await asyncio.sleep(0.2)  # let in-flight deliveries arrive before draining
+        await self._inbox.put(None)
+        if self._consumer is not None:
+            await self._consumer
+        await self._control.put(None)
+        if self._controller is not None:
+            await self._controller
+        while self._retries:
+            await asyncio.gather(*self._retries, return_exceptions=True)
+        if client is not None:
+            properties = _properties(PacketTypes.DISCONNECT)
+            if leave_group:
+                properties.SessionExpiryInterval = 0
+            client.disconnect(properties=properties)
+            await asyncio.to_thread(client.loop_stop)
+        self._client = None
+
+    # --- paho thread callbacks -----------------------------------------------------------
+
+    def _subscriptions(self) -> list[str]:
+        return [f"$share/{SHARE_GROUP}/{f}" for f in uplink_subscriptions("+")]
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.error("MQTT connection refused: %s", reason)
+            return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._acks.new_connection)
+        if not flags.session_present:
+            client.subscribe([(topic, 1) for topic in self._subscriptions()])
+        log.info(
+            "connected to MQTT %s:%s (session present: %s)",
+            self.endpoint.host,
+            self.endpoint.port,
+            flags.session_present,
+        )
+        self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.clear)
+        if reason.is_failure:
+            log.warning("MQTT connection lost: %s; reconnecting", reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._inbox.put_nowait, message)
+
+    def _send_ack(self, mid: int, qos: int) -> None:
+        client = self._client
+        if client is not None:
+            rc = client.ack(mid, qos)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.debug("ack of %s not sent: %s", mid, rc)
+
+    # --- event loop side -----------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while (message := await self._inbox.get()) is not None:
+            entry = self._acks.track(message.mid, message.qos)
+            try:
+                self._dispatch(message, entry)
+            except Exception:
+                # Never let one message stop the worker; this one is dropped and acked.
+                log.exception("unexpected error handling %s", message.topic)
+                self._acks.complete(entry)
+
+    def _dispatch(self, message: mqtt.MQTTMessage, entry: Any) -> None:
+        parsed = parse_uplink_topic(message.topic)
+        if parsed is None:
+            self._reject("-", "unknown_topic", message.topic)
+            self._acks.complete(entry)
+        elif parsed.kind == KIND_TELEMETRY:
+            now = epoch_ms()
+            try:
+                readings = parse_telemetry(
+                    bytes(message.payload), now_ms=now, oldest_ms=now - self._retention_ms
+                )
+            except ProtocolError as exc:
+                self._reject(parsed.device_id, exc.code, exc.message)
+                self._acks.complete(entry)
+                return
+            self._submit(parsed.device_id, readings, entry)
+        elif parsed.kind in (KIND_STATUS, KIND_LOGS):
+            self._control.put_nowait((message, entry))
+        else:
+            # Commands, state and OTA progress are handled by their features as they land.
+            self._acks.complete(entry)
+
+    def _submit(self, device_id: str, readings: Sequence[Reading], entry: Any) -> None:
+        future = self._writer.submit(device_id, readings)
+        future.add_done_callback(lambda f: self._written(f, device_id, readings, entry))
+
+    def _written(
+        self, future: asyncio.Future[int], device_id: str, readings: Sequence[Reading], entry: Any
+    ) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            INGEST_DOCUMENTS.labels("mqtt").inc()
+            INGEST_POINTS.labels("mqtt").inc(future.result())
+        elif isinstance(exc, NotFound):
+            self._reject(device_id, "unknown_device", str(exc))
+        else:
+            # The database failed: keep the message unacknowledged and try again, so
+            # nothing is lost and later acks wait behind it (they must stay in order).
+            log.error("storing telemetry of %s failed (%s); retrying", device_id, exc)
+            task = asyncio.create_task(self._retry(device_id, readings, entry))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
+        self._acks.complete(entry)
+
+    async def _retry(self, device_id: str, readings: Sequence[Reading], entry: Any) -> None:
+        await asyncio.sleep(1.0)
+        self._submit(device_id, readings, entry)
+
+    async def _consume_control(self) -> None:
+        while (item := await self._control.get()) is not None:
+            message, entry = item
+            parsed = parse_uplink_topic(message.topic)
+            assert parsed is not None
+            try:
+                if parsed.kind == KIND_STATUS:
+                    await self._store_status(parsed.device_id, bytes(message.payload))
+                else:
+                    await self._store_log(parsed.device_id, bytes(message.payload))
+            except (ProtocolError, SensoriumError) as exc:
+                self._reject(parsed.device_id, exc.code, exc.message)
+            except Exception:
+                log.exception("storing %s failed", message.topic)
+            self._acks.complete(entry)
+
+    async def _store_status(self, device_id: str, payload: bytes) -> None:
+        report = parse_status(payload)
+        async with self._sessions() as session, session.begin():
+            await devices.record_status(
+                session, device_id=device_id, report=report, offline_after_s=self._offline_after_s
+            )
+
+    async def _store_log(self, device_id: str, payload: bytes) -> None:
+        record = parse_log(payload, now_ms=epoch_ms())
+        async with self._sessions() as session, session.begin():
+            await devices.append_log(session, device_id=device_id, record=record)
+
+    def _reject(self, device_id: str, reason: str, detail: str) -> None:
+        INGEST_REJECTED.labels("mqtt", reason).inc()
+        self._rejects.warn(device_id, reason, detail)
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
