@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -14,6 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium import __version__, migrate
+from sensorium.api.app import create_app
+from sensorium.broker import admin as dynsec_admin
+from sensorium.broker.endpoint import parse_mqtt_url
+from sensorium.broker.mosquitto import BrokerUnavailable, find_dynsec_plugin, write_broker_files
+from sensorium.broker.service import Outbox, SyncReport, reconcile
 from sensorium.config import InsecureSettings, Settings, get_settings
 from sensorium.db import create_engine, session_factory
 from sensorium.devices import service as devices
@@ -21,6 +29,7 @@ from sensorium.errors import SensoriumError
 from sensorium.users import service as users
 from sensorium.users.models import User
 from sensorium.users.security import Auth
+from sensorium.worker.runtime import BrokerAddress, EmbeddedBroker, MqttServices, broker_address
 
 app = typer.Typer(
     help="Sensorium: a self-hosted IoT platform for ESP32 sensor fleets.", no_args_is_help=True
@@ -103,17 +112,40 @@ def _first_free_port(host: str, start: int) -> int:
     raise typer.BadParameter(f"no free port in {start}..{start + 99}")
 
 
+def _setup_logging(settings: Settings) -> None:
+    # uvicorn configures its own loggers; this gives Sensorium's the same look.
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
+    )
+
+
+def _banner(settings: Settings, host: str, port: int) -> str:
+    url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"  # noqa: S104
+    console.rule("[bold]Sensorium")
+    console.print(f"API and dashboard: [bold cyan]{url}[/]   (OpenAPI: {url}/docs)")
+    console.print(f"database:          {settings.database_url}")
+    return url
+
+
+def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=settings.log_level, proxy_headers=True
+    )
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="API processes")] = 1,
     run_migrations: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Migrate the database first")
     ] = True,
+    mqtt: Annotated[
+        bool, typer.Option("--mqtt/--no-mqtt", help="Run MQTT (a supervised Mosquitto child)")
+    ] = True,
     demo: Annotated[bool, typer.Option(help="Create a demo login and print it")] = False,
 ) -> None:
-    """Run Sensorium: the API and dashboard."""
+    """Run all of Sensorium in one process: API, dashboard, MQTT ingest, a Mosquitto child."""
     settings = _settings()
     host = host or settings.host
     if port is None:
@@ -122,13 +154,54 @@ def serve(
             console.print(f"[yellow]port {settings.port} is taken; using {port}[/]")
     if run_migrations:
         migrate.upgrade(settings.database_url)
-    url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"  # noqa: S104
-    console.rule("[bold]Sensorium")
-    console.print(f"API and dashboard: [bold cyan]{url}[/]   (OpenAPI: {url}/docs)")
-    console.print(f"database:          {settings.database_url}")
-    if demo:
-        password = _ensure_demo_user(settings)
-        console.print(f"demo login:        [bold]{DEMO_USER}[/] / [bold]{password}[/]")
+    _banner(settings, host, port)
+    _setup_logging(settings)
+    password = _ensure_demo_user(settings) if demo else None
+
+    async def run() -> None:
+        embedded: EmbeddedBroker | None = None
+        address: BrokerAddress | None = None
+        if mqtt:
+            if settings.mqtt_url:
+                address = broker_address(settings)
+                where = "external"
+            else:
+                embedded = EmbeddedBroker(settings)
+                address = await embedded.start()
+                where = "supervised Mosquitto child"
+            console.print(
+                f"MQTT broker:       [bold]mqtt://{address.host}:{address.port}[/] ({where})"
+            )
+        if password is not None:
+            console.print(f"demo login:        [bold]{DEMO_USER}[/] / [bold]{password}[/]")
+        console.rule()
+        try:
+            server = uvicorn.Server(
+                _uvicorn_config(create_app(settings, broker=address), settings, host, port)
+            )
+            await server.serve()
+        finally:
+            if embedded is not None:
+                await embedded.stop()
+
+    try:
+        asyncio.run(run())
+    except BrokerUnavailable as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="API processes")] = 1,
+) -> None:
+    """Run only the API (production: next to `sensorium worker` and a broker)."""
+    settings = _settings()
+    host = host or settings.host
+    port = port or settings.port
+    _banner(settings, host, port)
     console.rule()
     uvicorn.run(
         "sensorium.api.app:create_app",
@@ -138,6 +211,118 @@ def serve(
         workers=workers,
         log_level=settings.log_level,
         proxy_headers=True,
+    )
+
+
+@app.command()
+def worker(
+    name: Annotated[
+        str, typer.Option(help="Stable worker name: its persistent MQTT session is kept by it")
+    ] = socket.gethostname(),
+    leave: Annotated[
+        bool,
+        typer.Option(
+            help="On exit, leave the shared subscription and end the session (scale down)"
+        ),
+    ] = False,
+) -> None:
+    """Run MQTT ingest, broker provisioning and the scheduler (needs SENSORIUM_MQTT_URL)."""
+    settings = _settings()
+    if not settings.mqtt_url:
+        err.print("[red]error:[/] set SENSORIUM_MQTT_URL (e.g. mqtt://127.0.0.1:1883)")
+        raise typer.Exit(2)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        services = MqttServices(
+            settings,
+            session_factory(engine),
+            broker_address(settings),
+            client_id=f"sensorium-worker-{name}",
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await services.start()
+            console.print(f"worker [bold]{name}[/] ingesting from {settings.mqtt_url}")
+            await stop.wait()
+        finally:
+            await services.stop(leave_group=leave)
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+broker_app = typer.Typer(help="Manage the MQTT broker's accounts.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+
+
+@broker_app.command("init")
+def broker_init(
+    directory: Annotated[Path, typer.Argument(help="Where to write the files")],
+    port: Annotated[int, typer.Option(help="Listener port")] = 1883,
+    listen: Annotated[str, typer.Option(help="Listener address")] = "0.0.0.0",  # noqa: S104
+) -> None:
+    """Write a Mosquitto config and Dynamic Security file for your own broker."""
+    settings = _settings()
+    (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
+    files = write_broker_files(
+        directory,
+        host=listen,
+        port=port,
+        plugin=find_dynsec_plugin(settings.mosquitto_dynsec_plugin),
+        admin_username=admin_user,
+        admin_password=admin_pw,
+        service_username=service_user,
+        service_password=service_pw,
+    )
+    console.print(f"wrote {files.config} and {files.dynsec}")
+    console.print(f"start it: [bold]mosquitto -c {files.config}[/]; then point Sensorium at it:")
+    console.print(f"  SENSORIUM_MQTT_URL=mqtt://<this host>:{port}")
+    console.print(
+        f"  SENSORIUM_MQTT_ADMIN_PASSWORD=<from {settings.data_dir}/mqtt-admin-password or yours>"
+    )
+    console.print("  SENSORIUM_MQTT_SERVICE_PASSWORD=<likewise mqtt-service-password>")
+
+
+@broker_app.command("sync")
+def broker_sync() -> None:
+    """Make the broker's accounts match the database (idempotent)."""
+    settings = _settings()
+    if not settings.mqtt_url:
+        err.print("[red]error:[/] set SENSORIUM_MQTT_URL to the broker to synchronise")
+        raise typer.Exit(2)
+    host, port = parse_mqtt_url(settings.mqtt_url)
+    (admin_user, admin_pw), _ = settings.mqtt_credentials()
+
+    async def run() -> SyncReport:
+        engine = create_engine(settings.database_url)
+        try:
+            async with dynsec_admin.connect(
+                host, port, username=admin_user, password=admin_pw
+            ) as admin:
+                return await reconcile(
+                    session_factory(engine), admin, Outbox(settings.resolved_secret_key())
+                )
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    console.print(f"applied {report.delivered} queued change(s)")
+    for label, ids in (
+        ("deleted (no such device)", report.deleted),
+        ("disabled (no valid token)", report.disabled),
+        ("missing on the broker — rotate their tokens", report.missing),
+    ):
+        if ids:
+            console.print(f"{label}: {', '.join(ids)}")
+    console.print(
+        "[green]broker is in sync[/]" if not report.missing else "[yellow]done, see above[/]"
     )
 
 
@@ -174,8 +359,11 @@ def device_create(
         )
         if user is None:
             raise SensoriumError(f"no user named {owner!r}")
+        # Give the device its MQTT account too when this installation runs a broker.
+        uses_mqtt = settings.mqtt_url or (settings.data_dir / "mosquitto").is_dir()
+        outbox = Outbox(settings.resolved_secret_key()) if uses_mqtt else None
         device, token = await devices.register_device(
-            session, owner=user, mac=mac, name=name, location=location
+            session, owner=user, mac=mac, name=name, location=location, broker=outbox
         )
         return device.id, token
 

@@ -15,6 +15,7 @@ from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep
 from sensorium.api.errors import error_response, error_responses, install_error_handlers
 from sensorium.api.metrics import MetricsMiddleware
+from sensorium.broker.service import Outbox
 from sensorium.config import Settings, get_settings
 from sensorium.db import create_engine, session_factory
 from sensorium.devices.router import router as devices_router
@@ -24,6 +25,7 @@ from sensorium.telemetry.router import router as telemetry_router
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.users.router import router as users_router
 from sensorium.users.security import Auth
+from sensorium.worker.runtime import BrokerAddress, MqttServices
 
 API_PREFIX = "/api/v1"
 
@@ -57,15 +59,28 @@ def build_context(settings: Settings) -> AppContext:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None = None) -> FastAPI:
+    """The API. With `broker`, this process also runs MQTT ingest, provisioning and the
+    scheduler (`sensorium serve`); with only SENSORIUM_MQTT_URL set, it records broker
+    changes for the worker to apply (`sensorium api` next to `sensorium worker`)."""
     ctx = build_context(settings or get_settings())
+    mqtt: MqttServices | None = None
+    if broker is not None:
+        mqtt = MqttServices(ctx.settings, ctx.sessions, broker)
+        ctx.broker, ctx.provisioner = mqtt.outbox, mqtt.provisioner
+    elif ctx.settings.mqtt_url:
+        ctx.broker = Outbox(ctx.settings.resolved_secret_key())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctx.writer.start()
+        if mqtt is not None:
+            await mqtt.start()
         try:
             yield
         finally:
+            if mqtt is not None:
+                await mqtt.stop()
             await ctx.writer.stop()
             await ctx.engine.dispose()
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sensorium.broker.provisioner import BrokerProvisioner
+from sensorium.broker.service import Outbox
 from sensorium.config import Settings
 from sensorium.devices.tokens import DeviceTokenCache
 from sensorium.ratelimit import RateLimiter
@@ -24,3 +26,11 @@ class AppContext:
     login_user_limiter: RateLimiter
     login_ip_limiter: RateLimiter
     device_limiter: RateLimiter
+    # Set when devices also get MQTT accounts: device changes enqueue broker changes.
+    broker: Outbox | None = None
+    provisioner: BrokerProvisioner | None = None
+
+    def broker_changed(self) -> None:
+        """Call after committing a change that enqueued broker changes: apply them now."""
+        if self.provisioner is not None:
+            self.provisioner.poke()

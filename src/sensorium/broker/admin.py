@@ -120,6 +120,36 @@ class DynsecAdmin:
         client = response.get("data", {}).get("client")
         return client if isinstance(client, dict) else None
 
+    async def sync_role(self, rolename: str, acls: Sequence[dict[str, Any]]) -> bool:
+        """Create the role or bring its ACLs to exactly `acls`; True when anything changed."""
+        try:
+            [response] = await self.execute(
+                [{"command": "getRole", "rolename": rolename}], tolerate=False
+            )
+        except DynsecError as exc:
+            if exc.error != "Role not found":
+                raise
+            await self.execute(
+                [{"command": "createRole", "rolename": rolename, "acls": list(acls)}]
+            )
+            return True
+
+        def key(acl: dict[str, Any]) -> tuple[str, str, bool]:
+            return acl["acltype"], acl["topic"], bool(acl.get("allow", False))
+
+        current = {key(a): a for a in response.get("data", {}).get("role", {}).get("acls", [])}
+        wanted = {key(a): a for a in acls}
+        commands: list[Command] = [
+            {"command": "removeRoleACL", "rolename": rolename, "acltype": t, "topic": topic}
+            for (t, topic, _allow) in current.keys() - wanted.keys()
+        ] + [
+            {"command": "addRoleACL", "rolename": rolename, **wanted[k]}
+            for k in wanted.keys() - current.keys()
+        ]
+        if commands:
+            await self.execute(commands)
+        return bool(commands)
+
 
 @contextlib.asynccontextmanager
 async def connect(

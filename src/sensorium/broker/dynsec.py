@@ -19,6 +19,8 @@ RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 ADMIN_ROLE = "sensorium-admin"
 SERVICE_ROLE = "sensorium-service"
 DEVICE_ROLE_PREFIX = "device-"
+# Workers split the uplink through this shared-subscription group.
+SHARE_GROUP = "sensorium"
 # Mosquitto's own choice (mosquitto_ctrl dynsec init): PBKDF2-SHA512, 101 iterations.
 PBKDF2_ITERATIONS = 101
 
@@ -41,7 +43,11 @@ def device_acls(device_id: str) -> list[dict[str, Any]]:
 
 def service_acls() -> list[dict[str, Any]]:
     """The worker reads every uplink (shared subscription) and the API writes downlinks."""
-    subscribe = [_acl("subscribePattern", t) for t in uplink_subscriptions("+")]
+    # subscribeLiteral: the worker subscribes to exactly these filters. Mosquitto 2.0
+    # checks a shared subscription with its $share/group/ prefix, so that form is listed.
+    subscribe = [
+        _acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{t}") for t in uplink_subscriptions("+")
+    ]
     publish = [_acl("publishClientSend", t) for t in downlink_topics("+")]
     return subscribe + publish
 

@@ -258,9 +258,10 @@ class MosquittoSupervisor:
         assert process.stdout is not None
         async for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip()
-            if line:
-                level = logging.WARNING if "rror" in line or "arning" in line else logging.INFO
-                log.log(level, "%s", line)
+            if not line or "should not be run as root" in line:
+                continue  # running as root is deliberate (see render_config)
+            level = logging.WARNING if "rror" in line or "arning" in line else logging.DEBUG
+            log.log(level, "%s", line)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping = True

@@ -135,6 +135,12 @@ async def deliver(
     raise failure
 
 
+async def ensure_service_roles(admin: DynsecAdmin) -> None:
+    """The service and admin roles as this version of Sensorium needs them (an existing
+    dynsec file from an older version is brought up to date)."""
+    await admin.sync_role(dynsec.SERVICE_ROLE, dynsec.service_acls())
+
+
 @dataclass
 class SyncReport:
     delivered: int = 0
@@ -154,6 +160,7 @@ async def reconcile(
     is missing entirely cannot be recreated (the database keeps only token hashes): it is
     reported so its owner can rotate the token, which provisions it again.
     """
+    await ensure_service_roles(admin)
     report = SyncReport(delivered=await deliver(sessions, admin, outbox))
     now = utcnow()
     async with sessions() as session:
@@ -175,14 +182,15 @@ async def reconcile(
             report.missing.append(device_id)
             continue
         role = dynsec.device_role(device_id)
-        await admin.execute(
-            [
-                {"command": "createRole", "rolename": role, "acls": dynsec.device_acls(device_id)},
-                {"command": "addClientRole", "username": device_id, "rolename": role},
-            ]
-        )
-        client = await admin.get_client(device_id)
-        if client is not None and device_id not in live and not client.get("disabled"):
+        if await admin.sync_role(role, dynsec.device_acls(device_id)):
+            report.roles_repaired.append(device_id)
+        client = await admin.get_client(device_id) or {}
+        if role not in {r.get("rolename") for r in client.get("roles", [])}:
+            await admin.execute(
+                [{"command": "addClientRole", "username": device_id, "rolename": role}]
+            )
+            report.roles_repaired.append(device_id)
+        if device_id not in live and not client.get("disabled"):
             await admin.execute(dynsec.disable_device_commands(device_id))
             report.disabled.append(device_id)
     return report

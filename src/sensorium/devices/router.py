@@ -27,13 +27,20 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_device(
-    body: DeviceCreate, user: CurrentUser, session: SessionDep
+    body: DeviceCreate, user: CurrentUser, session: SessionDep, ctx: ContextDep
 ) -> DeviceWithToken:
     """Register a device by its MAC. The response holds the device token: it is shown
     only this once (the server keeps a hash)."""
     device, token = await service.register_device(
-        session, owner=user, mac=body.mac, name=body.name, location=body.location
+        session,
+        owner=user,
+        mac=body.mac,
+        name=body.name,
+        location=body.location,
+        broker=ctx.broker,
     )
+    await session.commit()
+    ctx.broker_changed()
     return DeviceWithToken(**service.to_public(device).model_dump(), token=token)
 
 
@@ -74,8 +81,10 @@ async def delete_device(
     device_id: str, user: CurrentUser, session: SessionDep, ctx: ContextDep
 ) -> Response:
     """Delete the device, its credentials and all of its data."""
-    await service.delete_device(session, owner=user, device_id=device_id)
+    await service.delete_device(session, owner=user, device_id=device_id, broker=ctx.broker)
+    await session.commit()
     ctx.device_tokens.forget_device(device_id)
+    ctx.broker_changed()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -86,9 +95,15 @@ async def rotate_token(
     """Issue a new device token. The old one keeps working for the configured grace
     period (`SENSORIUM_DEVICE_TOKEN_GRACE_S`, default 0: it stops at once)."""
     token, valid_until = await service.rotate_token(
-        session, owner=user, device_id=device_id, grace_s=ctx.settings.device_token_grace_s
+        session,
+        owner=user,
+        device_id=device_id,
+        grace_s=ctx.settings.device_token_grace_s,
+        broker=ctx.broker,
     )
+    await session.commit()
     ctx.device_tokens.forget_device(device_id)
+    ctx.broker_changed()
     return DeviceToken(device_id=device_id, token=token, previous_valid_until=valid_until)
 
 
@@ -97,8 +112,10 @@ async def revoke_token(
     device_id: str, user: CurrentUser, session: SessionDep, ctx: ContextDep
 ) -> Response:
     """Revoke every token of the device now. Rotate to issue a new one."""
-    await service.revoke_tokens(session, owner=user, device_id=device_id)
+    await service.revoke_tokens(session, owner=user, device_id=device_id, broker=ctx.broker)
+    await session.commit()
     ctx.device_tokens.forget_device(device_id)
+    ctx.broker_changed()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,6 +22,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECTED
+from sensorium.broker.dynsec import SHARE_GROUP
+from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.db import epoch_ms
 from sensorium.devices import service as devices
 from sensorium.errors import NotFound, SensoriumError
@@ -42,16 +43,6 @@ from sensorium.telemetry.writer import BatchWriter
 from sensorium.worker.acks import AckQueue
 
 log = logging.getLogger(__name__)
-
-SHARE_GROUP = "sensorium"
-
-
-@dataclass(frozen=True, slots=True)
-class MqttEndpoint:
-    host: str
-    port: int
-    username: str
-    password: str
 
 
 class RejectLog:
@@ -118,6 +109,7 @@ class MqttIngest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         properties = _properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self._session_expiry_s
@@ -178,8 +170,9 @@ class MqttIngest:
             return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._acks.new_connection)
-        if not flags.session_present:
-            client.subscribe([(topic, 1) for topic in self._subscriptions()])
+        # Subscribing again on a present session is harmless and repairs a subscription
+        # the broker refused earlier (e.g. before its ACLs were brought up to date).
+        client.subscribe([(topic, 1) for topic in self._subscriptions()])
         log.info(
             "connected to MQTT %s:%s (session present: %s)",
             self.endpoint.host,
@@ -187,6 +180,18 @@ class MqttIngest:
             flags.session_present,
         )
         self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("the broker refused the worker's subscriptions: %s", ", ".join(refused))
 
     def _on_disconnect(
         self,

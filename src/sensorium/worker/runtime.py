@@ -1,0 +1,128 @@
+"""The MQTT side of a process, started and stopped as one: broker provisioning, ingest
+(with its own batch writer) and the scheduler. `sensorium worker` runs it alone;
+`sensorium serve` runs it next to the API, with an embedded Mosquitto."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sensorium.broker.endpoint import MqttEndpoint, parse_mqtt_url
+from sensorium.broker.mosquitto import (
+    MosquittoSupervisor,
+    find_dynsec_plugin,
+    find_mosquitto,
+    free_port,
+    write_broker_files,
+)
+from sensorium.broker.provisioner import BrokerProvisioner
+from sensorium.broker.service import Outbox
+from sensorium.config import Settings
+from sensorium.telemetry.writer import BatchWriter
+from sensorium.worker.ingest import MqttIngest
+from sensorium.worker.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+
+class EmbeddedBroker:
+    """A Mosquitto child with a generated config in the data directory (serve mode)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.supervisor: MosquittoSupervisor | None = None
+        self.address: BrokerAddress | None = None
+
+    async def start(self) -> BrokerAddress:
+        settings = self._settings
+        (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
+        host = settings.mqtt_embedded_host
+        port = free_port(host, settings.mqtt_embedded_port)
+        files = write_broker_files(
+            settings.data_dir / "mosquitto",
+            host=host,
+            port=port,
+            plugin=find_dynsec_plugin(settings.mosquitto_dynsec_plugin),
+            admin_username=admin_user,
+            admin_password=admin_pw,
+            service_username=service_user,
+            service_password=service_pw,
+        )
+        self.supervisor = MosquittoSupervisor(
+            find_mosquitto(settings.mosquitto_binary), files.config, host=host, port=port
+        )
+        await self.supervisor.start()
+        self.address = BrokerAddress(host, port)
+        return self.address
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+
+def broker_address(settings: Settings) -> BrokerAddress:
+    host, port = parse_mqtt_url(settings.mqtt_url)
+    return BrokerAddress(host, port)
+
+
+class MqttServices:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        address: BrokerAddress,
+        *,
+        ingest: bool = True,
+        client_id: str | None = None,
+    ) -> None:
+        (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
+        self.outbox = Outbox(settings.resolved_secret_key())
+        self.provisioner = BrokerProvisioner(
+            sessions, MqttEndpoint(address.host, address.port, admin_user, admin_pw), self.outbox
+        )
+        self.writer: BatchWriter | None = None
+        self.ingest: MqttIngest | None = None
+        self.scheduler: Scheduler | None = None
+        if ingest:
+            self.writer = BatchWriter(
+                sessions,
+                offline_after_s=settings.offline_after_s,
+                max_batch=settings.writer_max_batch,
+                max_linger_s=settings.worker_max_linger_ms / 1000,
+                queue_size=settings.writer_queue_size,
+            )
+            self.ingest = MqttIngest(
+                MqttEndpoint(address.host, address.port, service_user, service_pw),
+                client_id=client_id or f"sensorium-worker-{socket.gethostname()}",
+                writer=self.writer,
+                sessions=sessions,
+                retention_days=settings.raw_retention_days,
+                offline_after_s=settings.offline_after_s,
+                session_expiry_s=settings.mqtt_session_expiry_s,
+            )
+            self.scheduler = Scheduler(sessions)
+
+    async def start(self) -> None:
+        await self.provisioner.start()
+        if self.writer is not None and self.ingest is not None and self.scheduler is not None:
+            await self.writer.start()
+            await self.ingest.start()
+            await self.scheduler.start()
+
+    async def stop(self, *, leave_group: bool = False) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.ingest is not None:
+            await self.ingest.stop(leave_group=leave_group)
+        if self.writer is not None:
+            await self.writer.stop()
+        await self.provisioner.stop()
