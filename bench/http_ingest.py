@@ -418,6 +418,7 @@ class Server:
         self.workers = workers
         self.logfile = logdir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv: list[str] = []
 
     def migrate(self) -> None:
         out = subprocess.run(
@@ -437,18 +438,36 @@ class Server:
         )
         return str(Path(out.stdout.decode().strip()).parent)
 
-    def start(self) -> None:
-        cmd = [
-            *sensorium_command(),
-            "serve",
-            "--no-migrate",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(self.workers),
-        ]
+    def _help(self, command: str) -> str:
+        out = subprocess.run(
+            [*sensorium_command(), command, "--help"],
+            env={**self.env, "COLUMNS": "200", "NO_COLOR": "1"},
+            capture_output=True,
+            check=False,
+        )
+        return out.stdout.decode(errors="replace") if out.returncode == 0 else ""
+
+    def command(self, which: str) -> list[str]:
+        """The server's command line. `auto`: `serve` (the one-process default, without MQTT
+        when it has `--no-mqtt`) for one worker, or when `serve` takes `--workers`; else
+        `api --workers N` (the API-only command)."""
+        serve_help = self._help("serve")
+        where = ["--host", "127.0.0.1", "--port", str(self.port)]
+        no_mqtt = ["--no-mqtt"] if "--no-mqtt" in serve_help else []
+        if which == "auto":
+            which = "serve" if self.workers == 1 or "--workers" in serve_help else "api"
+        if which == "serve":
+            workers = ["--workers", str(self.workers)] if "--workers" in serve_help else []
+            if self.workers != 1 and not workers:
+                raise RuntimeError("this version's `sensorium serve` has no --workers")
+            return [*sensorium_command(), "serve", "--no-migrate", *no_mqtt, *where, *workers]
+        if "--workers" not in self._help("api"):
+            raise RuntimeError("this version has no `sensorium api --workers`")
+        return [*sensorium_command(), "api", *where, "--workers", str(self.workers)]
+
+    def start(self, which: str = "auto") -> None:
+        cmd = self.command(which)
+        self.argv = cmd
         with self.logfile.open("wb") as out:
             self.proc = subprocess.Popen(
                 cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -879,8 +898,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         phases: list[PhaseReport] = []
         accepted = unknown = 0
         try:
-            log(f"starting sensorium serve --workers {args.workers} on port {port}")
-            server.start()
+            log(f"starting the server ({args.workers} worker(s)) on port {port}")
+            server.start(args.server_command)
+            result["server"]["command"] = " ".join(
+                Path(server.argv[0]).name if i == 0 else a for i, a in enumerate(server.argv)
+            )
+            log(f"  {result['server']['command']}")
             log(f"registering a user and {args.devices} devices")
             t0 = time.perf_counter()
             devices = register_fleet(port, args.devices)
@@ -960,7 +983,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"date: {m['date']}   machine: {m['nproc']} cores, {m['cpu_model']}, {m['ram_gib']} GiB",
         f"command: {result['command']}",
-        f"server: {result['server']['package']} (workers={result['server']['workers']})",
+        f"server: {result['server']['command']}  (package {result['server']['package']})",
         "",
         "| phase | mode | conns | req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
         "| server CPU µs/req | CPU cores server/pg/clients/other |",
@@ -1044,6 +1067,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--pg", default="postgresql://postgres@127.0.0.1:5432", help="PostgreSQL server"
+    )
+    parser.add_argument(
+        "--server-command",
+        choices=["auto", "serve", "api"],
+        default="auto",
+        help="auto: `serve` for 1 worker, `api --workers N` when `serve` has no --workers",
     )
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument(

@@ -12,6 +12,7 @@ import httpx
 
 from sensorium.api.app import create_app
 from sensorium.config import Settings
+from sensorium.worker.runtime import BrokerAddress
 
 
 @dataclass
@@ -77,9 +78,11 @@ class Api:
 
 
 @asynccontextmanager
-async def running_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def running_client(
+    settings: Settings, broker: BrokerAddress | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to a started app (lifespan run) built from `settings`."""
-    app = create_app(settings)
+    app = create_app(settings, broker=broker)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -23,6 +23,8 @@ USER_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/v1/devices/{id}/token/revoke", None),
     ("GET", "/api/v1/devices/{id}/telemetry/latest", None),
     ("GET", "/api/v1/devices/{id}/telemetry", None),
+    ("GET", "/api/v1/devices/{id}/logs", None),
+    ("GET", "/api/v1/devices/{id}/status/history", None),
 ]
 # User endpoints that are not about one device: they need a login, nothing more.
 USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -33,6 +35,7 @@ USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
 DEVICE_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/v1/devices/{id}/telemetry", {"t": 1}),
     ("POST", "/api/v1/devices/{id}/status", {"online": True}),
+    ("POST", "/api/v1/devices/{id}/logs", {"level": "info", "msg": "hello"}),
 ]
 PUBLIC_ENDPOINTS = {
     ("POST", "/api/v1/auth/register"),

@@ -18,9 +18,11 @@ from sensorium.devices.schemas import (
     DeviceToken,
     DeviceUpdate,
     DeviceWithToken,
+    LogLine,
     StatusAccepted,
+    StatusEventPublic,
 )
-from sensorium.protocol import parse_status
+from sensorium.protocol import parse_log, parse_status
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -117,6 +119,41 @@ async def revoke_token(
     ctx.device_tokens.forget_device(device_id)
     ctx.broker_changed()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{device_id}/logs")
+async def device_logs(
+    device_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_LOG_LINES)] = 100,
+    level: Annotated[str | None, Query(pattern="^(debug|info|warn|error)$")] = None,
+) -> list[LogLine]:
+    """The device's newest log lines (it keeps the last 1000), newest first."""
+    device = await service.get_device(session, owner=user, device_id=device_id)
+    lines = await service.list_logs(session, device_id=device.id, limit=limit, level=level)
+    return [LogLine.model_validate(line) for line in lines]
+
+
+@router.get("/{device_id}/status/history")
+async def status_history(
+    device_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[StatusEventPublic]:
+    """Online/offline transitions, newest first."""
+    device = await service.get_device(session, owner=user, device_id=device_id)
+    events = await service.status_history(session, device_id=device.id, limit=limit)
+    return [StatusEventPublic.model_validate(e) for e in events]
+
+
+@router.post("/{device_id}/logs", tags=["device API"], status_code=status.HTTP_202_ACCEPTED)
+async def post_log(device: CurrentDevice, request: Request, session: SessionDep) -> Response:
+    """A device appends a log line: `{"level": "warn", "msg": "...", "ts": ...}`."""
+    record = parse_log(await read_json_body(request), now_ms=epoch_ms())
+    await service.append_log(session, device_id=device, record=record)
+    return Response(status_code=status.HTTP_202_ACCEPTED)
 
 
 @router.post("/{device_id}/status", tags=["device API"])

@@ -61,3 +61,22 @@ class DeviceToken(BaseModel):
 
 class StatusAccepted(BaseModel):
     status: DeviceStatus
+
+
+class LogLine(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    ts: int = Field(description="Epoch milliseconds (the device's clock, or arrival)")
+    level: str = Field(examples=["warn"])
+    message: str = Field(examples=["DHT22 read failed, retrying"])
+
+
+class StatusEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    ts: int = Field(description="Epoch milliseconds")
+    online: bool
+    reason: str = Field(
+        description="status (the device said so, or its last will), timeout (silence), "
+        "data (data arrived from an offline device)"
+    )
