@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,6 +202,9 @@ class BatchWriter:
         return alive
 
     async def _store(self, session: AsyncSession, points: dict[PointKey, float]) -> None:
+        if len(points) >= COPY_THRESHOLD and session.get_bind().dialect.name == "postgresql":
+            await _copy_store(session, points)
+            return
         rows: list[dict[str, Any]] = [
             {"device": d, "key_id": k, "ts": t, "value": v} for (d, k, t), v in points.items()
         ]
@@ -226,6 +230,47 @@ class BatchWriter:
             ),
             list(newest.values()),
         )
+
+
+# From this many readings on, PostgreSQL gets them by COPY into a staging table and one
+# INSERT ... SELECT (measured ~1.5x a multi-row upsert); below it the round trips cost more.
+COPY_THRESHOLD = 200
+_STAGE = "sensorium_points_stage"
+_CREATE_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS sensorium_points_stage "
+    "(device bigint, key_id integer, ts bigint, value double precision) ON COMMIT DELETE ROWS"
+)
+_MERGE_POINTS = (
+    "INSERT INTO points (device, key_id, ts, value) "
+    "SELECT device, key_id, ts, value FROM sensorium_points_stage "
+    "ON CONFLICT (device, key_id, ts) DO UPDATE SET value = EXCLUDED.value"
+)
+_MERGE_LATEST = (
+    "INSERT INTO latest_values (device, key_id, ts, value) "
+    "SELECT DISTINCT ON (device, key_id) device, key_id, ts, value FROM sensorium_points_stage "
+    "ORDER BY device, key_id, ts DESC "
+    "ON CONFLICT (device, key_id) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value "
+    "WHERE EXCLUDED.ts >= latest_values.ts"
+)
+# asyncpg connections that already have the staging table (it lives per connection).
+_staged: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+async def _copy_store(session: AsyncSession, points: dict[PointKey, float]) -> None:
+    """The batch is already free of duplicates (ON CONFLICT would fail on one)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    if driver not in _staged:
+        await driver.execute(_CREATE_STAGE)
+        _staged.add(driver)
+    records = [(d, k, t, v) for (d, k, t), v in points.items()]
+    await driver.copy_records_to_table(
+        _STAGE, records=records, columns=("device", "key_id", "ts", "value")
+    )
+    await driver.execute(_MERGE_POINTS)
+    await driver.execute(_MERGE_LATEST)
 
 
 def _insert(session: AsyncSession, model: type[Any]) -> Any:
