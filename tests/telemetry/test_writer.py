@@ -145,3 +145,26 @@ async def test_latest_tracks_the_newest_timestamp_and_marks_online(env: Any) -> 
     assert device.status == "online"
     assert device.offline_at_ms is not None
     assert device.offline_at_ms >= now + 59_000
+
+
+async def test_large_batches_overwrite_and_keep_latest_newest(env: Any) -> None:
+    """Batches past COPY_THRESHOLD take the bulk path on PostgreSQL; same semantics."""
+    writer = BatchWriter(env, offline_after_s=60)
+    await writer.start()
+    start = int(time.time() * 1000) - 10_000
+    first = [Reading(ts=start + i, key="p", value=1.0) for i in range(500)]
+    # Half the same timestamps again with new values, plus older backfill.
+    second = [Reading(ts=start + i, key="p", value=2.0) for i in range(250, 500)]
+    second += [Reading(ts=start - 1000 - i, key="p", value=3.0) for i in range(250)]
+    assert await writer.write("020000000000", first) == 500
+    assert await writer.write("020000000000", second) == 500
+    await writer.stop()
+    async with env() as session:
+        values = dict((await session.execute(select(Point.ts, Point.value))).all())
+        latest = await session.scalar(select(LatestValue))
+    assert len(values) == 750
+    assert values[start + 10] == 1.0
+    assert values[start + 400] == 2.0
+    assert values[start - 1000] == 3.0
+    assert latest is not None
+    assert (latest.ts, latest.value) == (start + 499, 2.0)
