@@ -225,6 +225,13 @@ def worker(
             help="On exit, leave the shared subscription and end the session (scale down)"
         ),
     ] = False,
+    shared: Annotated[
+        bool,
+        typer.Option(
+            help="Share the uplink with other workers ($share/sensorium/...). --no-shared for a "
+            "single worker: it then also keeps what devices send right after a broker restart"
+        ),
+    ] = True,
 ) -> None:
     """Run MQTT ingest, broker provisioning and the scheduler (needs SENSORIUM_MQTT_URL)."""
     settings = _settings()
@@ -242,6 +249,7 @@ def worker(
             session_factory(engine),
             broker_address(settings),
             client_id=f"sensorium-worker-{name}",
+            shared=shared,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

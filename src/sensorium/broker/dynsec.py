@@ -45,9 +45,9 @@ def service_acls() -> list[dict[str, Any]]:
     """The worker reads every uplink (shared subscription) and the API writes downlinks."""
     # subscribeLiteral: the worker subscribes to exactly these filters. Mosquitto 2.0
     # checks a shared subscription with its $share/group/ prefix, so that form is listed.
-    subscribe = [
-        _acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{t}") for t in uplink_subscriptions("+")
-    ]
+    filters = uplink_subscriptions("+")
+    subscribe = [_acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{t}") for t in filters]
+    subscribe += [_acl("subscribeLiteral", t) for t in filters]  # a lone worker (serve)
     publish = [_acl("publishClientSend", t) for t in downlink_topics("+")]
     return subscribe + publish
 

@@ -72,6 +72,7 @@ class MqttIngest:
         offline_after_s: int,
         session_expiry_s: int,
         receive_maximum: int = 5000,
+        shared: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
@@ -81,6 +82,11 @@ class MqttIngest:
         self._offline_after_s = offline_after_s
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
+        # Mosquitto 2.0 does not restore shared subscriptions when it restarts (sessions
+        # and queues it does), so what devices publish between its restart and the
+        # workers' resubscription is dropped. A lone worker subscribes plainly and keeps
+        # everything; a group needs the share. See docs/mqtt.md.
+        self._shared = shared
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
         # Status and log messages are few; one queue keeps each device's in order.
@@ -92,6 +98,7 @@ class MqttIngest:
         self._connected = asyncio.Event()
         self._rejects = RejectLog()
         self._retries: set[asyncio.Task[None]] = set()
+        self._last_message_at = 0.0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -110,7 +117,9 @@ class MqttIngest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # Reconnect fast: every moment without the subscription can cost messages. (paho
+        # annotates the delays as int but computes and sleeps with floats.)
+        client.reconnect_delay_set(min_delay=0.1, max_delay=5)  # type: ignore[arg-type]
         properties = _properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self._session_expiry_s
         properties.ReceiveMaximum = self._receive_maximum
@@ -135,7 +144,11 @@ class MqttIngest:
         client = self._client
         if client is not None and leave_group and self._connected.is_set():
             client.unsubscribe(self._subscriptions())
-            await asyncio.sleep(0.2)  # let in-flight deliveries arrive before draining
+            # The broker keeps pushing what was already queued for this session; it is
+            # drained when nothing has arrived for a while and everything is acknowledged.
+            await self._settle(quiet_s=1.0, timeout_s=60.0)
+        else:
+            await self._settle(quiet_s=0.0, timeout_s=10.0)
         await self._inbox.put(None)
         if self._consumer is not None:
             await self._consumer
@@ -152,10 +165,23 @@ class MqttIngest:
             await asyncio.to_thread(client.loop_stop)
         self._client = None
 
+    async def _settle(self, *, quiet_s: float, timeout_s: float) -> None:
+        """Until every message received has been handled and acknowledged, and none has
+        arrived for `quiet_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            idle = self._inbox.empty() and self._control.empty() and len(self._acks) == 0
+            if idle and time.monotonic() - self._last_message_at >= quiet_s:
+                return
+            await asyncio.sleep(0.05)
+        log.warning("stopping with %d message(s) not yet acknowledged", len(self._acks))
+
     # --- paho thread callbacks -----------------------------------------------------------
 
     def _subscriptions(self) -> list[str]:
-        return [f"$share/{SHARE_GROUP}/{f}" for f in uplink_subscriptions("+")]
+        filters = uplink_subscriptions("+")
+        return [f"$share/{SHARE_GROUP}/{f}" for f in filters] if self._shared else list(filters)
 
     def _on_connect(
         self,
@@ -221,6 +247,7 @@ class MqttIngest:
 
     async def _consume(self) -> None:
         while (message := await self._inbox.get()) is not None:
+            self._last_message_at = time.monotonic()
             entry = self._acks.track(message.mid, message.qos)
             try:
                 self._dispatch(message, entry)

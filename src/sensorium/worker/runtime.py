@@ -83,6 +83,7 @@ class MqttServices:
         *,
         ingest: bool = True,
         client_id: str | None = None,
+        shared: bool = False,
     ) -> None:
         (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
         self.outbox = Outbox(settings.resolved_secret_key())
@@ -108,6 +109,7 @@ class MqttServices:
                 retention_days=settings.raw_retention_days,
                 offline_after_s=settings.offline_after_s,
                 session_expiry_s=settings.mqtt_session_expiry_s,
+                shared=shared,
             )
             self.scheduler = Scheduler(sessions)
 

@@ -1,0 +1,232 @@
+"""Nothing is lost or duplicated while workers are killed, the broker restarts and the
+worker group is scaled down (issue acceptance: the loss test)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+
+from sensorium.config import Settings
+from sensorium.db import create_engine, session_factory
+from sensorium.telemetry.models import Point
+from sensorium.worker.runtime import EmbeddedBroker
+from tests.helpers import Api, RegisteredDevice, running_client
+
+DEVICES = 3
+MESSAGES_PER_DEVICE = 10_000
+KEYS = ("a", "b")
+RATE_PER_DEVICE = 700  # messages/s: ~14 s of publishing, long enough for every event
+
+
+class Workers:
+    """`sensorium worker` processes, killed and restarted like an operator (or OOM) would."""
+
+    def __init__(self, settings: Settings, mqtt_url: str, logs: Path) -> None:
+        (_, admin_pw), (_, service_pw) = settings.mqtt_credentials()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SENSORIUM_")},
+            "SENSORIUM_DATABASE_URL": settings.database_url,
+            "SENSORIUM_DATA_DIR": str(settings.data_dir),
+            "SENSORIUM_SECRET_KEY": settings.secret_key,
+            "SENSORIUM_MQTT_URL": mqtt_url,
+            "SENSORIUM_MQTT_ADMIN_PASSWORD": admin_pw,
+            "SENSORIUM_MQTT_SERVICE_PASSWORD": service_pw,
+            "SENSORIUM_LOG_LEVEL": "info",
+        }
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *extra: str) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "sensorium", "worker", "--name", name, *extra],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def terminate(self, name: str) -> int:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=90)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+class Publisher(threading.Thread):
+    """A device publishing QoS 1 readings at a steady rate; paho resends what the broker
+    had not acknowledged when the connection drops."""
+
+    def __init__(self, host: str, port: int, device: RegisteredDevice, start_ms: int) -> None:
+        super().__init__(daemon=True)
+        self.device = device
+        self.start_ms = start_ms
+        self.acked = 0
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=device.id, protocol=mqtt.MQTTv5
+        )
+        self.client.username_pw_set(device.id, device.token)
+        self.client.max_inflight_messages_set(50)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_publish = self._on_publish
+        self.client.connect_async(host, port, keepalive=10)
+
+    def _on_publish(self, *_args: object) -> None:
+        with self.lock:
+            self.acked += 1
+
+    def run(self) -> None:
+        self.client.loop_start()
+        began = time.monotonic()
+        topic = f"devices/{self.device.id}/telemetry"
+        for i in range(MESSAGES_PER_DEVICE):
+            payload = (f'{{"ts": {self.start_ms + i}, "values": {{"a": {i}, "b": {-i}}}}}').encode()
+            self.client.publish(topic, payload, qos=1)
+            ahead = began + i / RATE_PER_DEVICE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def workers(settings: Settings, broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Workers]:
+    assert broker.address is not None
+    group = Workers(settings, f"mqtt://{broker.address.host}:{broker.address.port}", tmp_path)
+    yield group
+    group.stop_all()
+
+
+async def stored(settings: Settings) -> tuple[int, int]:
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session:
+            total = await session.scalar(select(func.count()).select_from(Point))
+            distinct = await session.scalar(
+                select(func.count()).select_from(
+                    select(Point.device, Point.key_id, Point.ts).distinct().subquery()
+                )
+            )
+        return int(total or 0), int(distinct or 0)
+    finally:
+        await engine.dispose()
+
+
+async def _wait_until_provisioned(host: str, port: int, device: RegisteredDevice) -> None:
+    """The workers' provisioner creates the device accounts; wait until a device gets in."""
+    probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device.id, protocol=mqtt.MQTTv5)
+    probe.username_pw_set(device.id, device.token)
+    for _ in range(100):
+        try:
+            if probe.connect(host, port) == 0:
+                probe.loop(timeout=1.0)
+                if probe.is_connected():
+                    probe.disconnect()
+                    return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("device accounts were not provisioned")
+
+
+@pytest.mark.parametrize("scenario", ["single-worker-broker-restart", "shared-workers-scale-down"])
+async def test_no_loss_and_no_duplicates(
+    settings: Settings, broker: EmbeddedBroker, workers: Workers, tmp_path: Path, scenario: str
+) -> None:
+    """Single worker: kill -9 twice and a broker restart (SIGTERM) while devices publish.
+    Two shared-subscription workers: one killed -9 twice, the other scaled down.
+
+    (Shared subscriptions and a broker restart do not mix on Mosquitto 2.0: it does not
+    restore shared subscriptions, so messages published before the workers resubscribe
+    are dropped; measured and documented in docs/mqtt.md.)
+    """
+    assert broker.address is not None
+    assert broker.supervisor is not None
+    mqtt_url = f"mqtt://{broker.address.host}:{broker.address.port}"
+    async with running_client(settings.model_copy(update={"mqtt_url": mqtt_url})) as client:
+        api = Api(client)
+        owner = await api.account()
+        registered = [await api.device(owner) for _ in range(DEVICES)]
+    shared = scenario.startswith("shared")
+    workers.start("w1", "--shared" if shared else "--no-shared")
+    if shared:
+        workers.start("w2", "--shared", "--leave")
+    await _wait_until_provisioned(broker.address.host, broker.address.port, registered[-1])
+
+    start_ms = int(time.time() * 1000) - 3_600_000
+    publishers = [
+        Publisher(broker.address.host, broker.address.port, device, start_ms)
+        for device in registered
+    ]
+    for publisher in publishers:
+        publisher.start()
+    try:
+        await asyncio.sleep(2)
+        workers.kill("w1")  # kill -9 number one
+        await asyncio.sleep(1)
+        workers.start("w1", "--shared" if shared else "--no-shared")
+        await asyncio.sleep(2)
+        if not shared:
+            # The broker restarts (SIGTERM: it saves its sessions and queues first).
+            pid = broker.supervisor.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+            await asyncio.sleep(2)
+        workers.kill("w1")  # kill -9 number two
+        await asyncio.sleep(1)
+        workers.start("w1", "--shared" if shared else "--no-shared")
+        await asyncio.sleep(2)
+        if shared:
+            # Scale down: w2 leaves the group (unsubscribe, drain, end its session).
+            workers.procs["w2"].send_signal(signal.SIGTERM)
+        for publisher in publishers:
+            await asyncio.to_thread(publisher.join, 120)
+        for _ in range(600):
+            if all(p.acked >= MESSAGES_PER_DEVICE for p in publishers):
+                break
+            await asyncio.sleep(0.1)
+        assert [p.acked >= MESSAGES_PER_DEVICE for p in publishers] == [True] * DEVICES
+        if shared:
+            assert workers.procs["w2"].wait(timeout=90) == 0
+        want = DEVICES * MESSAGES_PER_DEVICE * len(KEYS)
+        total = distinct = 0
+        for _ in range(600):
+            total, distinct = await stored(settings)
+            if total >= want:
+                break
+            await asyncio.sleep(0.1)
+        logs = "\n".join(await asyncio.to_thread(_tails, tmp_path))
+        assert (total, distinct) == (want, want), logs
+        assert broker.supervisor.restarts == (0 if shared else 1)
+    finally:
+        for publisher in publishers:
+            publisher.stop()
+
+
+def _tails(directory: Path) -> list[str]:
+    return [p.read_text()[-2000:] for p in sorted(directory.glob("w*.log"))]
