@@ -11,7 +11,7 @@ TMP_DB := $(shell mktemp -u /tmp/sensorium-check-XXXXXX).db
 # pytest exits 5 when it collected nothing; a filter that matches nothing is not a failure.
 PYTEST = rc=0; $(PY) -m pytest -W error $(PYTEST_ARGS) $(1) || rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-.PHONY: help install demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
+.PHONY: help install mosquitto demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -24,7 +24,17 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install Sensorium with its dev tools
+install: $(STAMP) mosquitto ## Create .venv and install Sensorium with its dev tools
+
+# Sensorium needs a real Mosquitto (with its Dynamic Security plugin) on the machine.
+mosquitto:
+	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1; then exit 0; fi; \
+	echo "installing mosquitto..."; \
+	if command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; \
+	elif command -v brew >/dev/null 2>&1; then brew install mosquitto; \
+	else echo "Please install Mosquitto 2.x (https://mosquitto.org/download/) and run make again." >&2; exit 1; fi
 
 demo: install ## Migrate an SQLite database and start the server with a demo login
 	$(VENV)/bin/sensorium serve --demo

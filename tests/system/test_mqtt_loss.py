@@ -50,7 +50,7 @@ class Workers:
 
     def start(self, name: str, *extra: str) -> None:
         log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(  # noqa: S603
+        self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "sensorium", "worker", "--name", name, *extra],
             env=self.env,
             stdout=log,
