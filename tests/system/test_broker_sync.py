@@ -1,0 +1,75 @@
+"""`sensorium broker sync`: the broker's accounts are repaired to match the database."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+
+from sensorium.broker import admin as dynsec_admin
+from sensorium.broker import dynsec
+from sensorium.broker.service import Outbox, reconcile
+from sensorium.config import Settings
+from sensorium.db import utcnow
+from sensorium.devices.models import DeviceCredential
+from sensorium.worker.runtime import EmbeddedBroker
+from tests.helpers import Api
+from tests.system.conftest import provisioned
+
+
+async def test_sync_repairs_drift(
+    settings: Settings, broker: EmbeddedBroker, mqtt_api: Api
+) -> None:
+    assert broker.address is not None
+    owner = await mqtt_api.account()
+    gone, tampered, revoked = [await mqtt_api.device(owner) for _ in range(3)]
+    await provisioned(mqtt_api)
+    (admin_user, admin_pw), _ = settings.mqtt_credentials()
+    sessions = mqtt_api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with dynsec_admin.connect(
+        broker.address.host, broker.address.port, username=admin_user, password=admin_pw
+    ) as admin:
+        # Drift: a client deleted behind our back, a stray client, a role stripped of an
+        # ACL and given a dangerous one, a token revoked while the broker was unreachable.
+        await admin.execute(dynsec.delete_device_commands(gone.id))
+        await admin.execute(dynsec.create_device_commands("0200000000aa", "stray-password"))
+        role = dynsec.device_role(tampered.id)
+        await admin.execute(
+            [
+                {"command": "removeRoleACL", "rolename": role, "acltype": "publishClientSend",
+                 "topic": f"devices/{tampered.id}/telemetry"},
+                {"command": "addRoleACL", "rolename": role, "acltype": "subscribePattern",
+                 "topic": "#", "allow": True},
+            ]
+        )  # fmt: skip
+        async with sessions() as session, session.begin():
+            await session.execute(
+                update(DeviceCredential)
+                .where(DeviceCredential.device_id == revoked.id)
+                .values(revoked_at=utcnow())
+            )
+
+        report = await reconcile(sessions, admin, Outbox(settings.resolved_secret_key()))
+        assert report.missing == [gone.id]
+        assert report.deleted == ["0200000000aa"]
+        assert report.disabled == [revoked.id]
+        assert tampered.id in report.roles_repaired
+        assert await admin.get_client("0200000000aa") is None
+        revoked_client = await admin.get_client(revoked.id)
+        assert revoked_client is not None
+        assert revoked_client["disabled"] is True
+        assert await admin.sync_role(role, dynsec.device_acls(tampered.id)) is False
+
+        # Idempotent: a second run finds nothing more to do.
+        again = await reconcile(sessions, admin, Outbox(settings.resolved_secret_key()))
+        assert (again.deleted, again.disabled, again.roles_repaired) == ([], [], [])
+        assert again.missing == [gone.id]
+
+    # Rotating the missing device's token provisions it again.
+    r = await mqtt_api.client.post(f"/api/v1/devices/{gone.id}/token/rotate", headers=owner.headers)
+    assert r.status_code == 200
+    await provisioned(mqtt_api)
+    async with dynsec_admin.connect(
+        broker.address.host, broker.address.port, username=admin_user, password=admin_pw
+    ) as admin:
+        client = await admin.get_client(gone.id)
+        assert client is not None
+        assert client.get("disabled") is not True
