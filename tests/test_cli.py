@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +58,18 @@ def test_production_without_secret_refuses_to_start(
     result = cli_env.invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "SENSORIUM_SECRET_KEY" in result.output
+
+
+def test_broker_init_writes_a_config_and_dynsec_file(cli_env: CliRunner, tmp_path: Path) -> None:
+    target = tmp_path / "broker"
+    result = cli_env.invoke(app, ["broker", "init", str(target), "--port", "18999"])
+    assert result.exit_code == 0, result.output
+    config = (target / "mosquitto.conf").read_text()
+    assert "listener 18999 0.0.0.0" in config
+    assert "allow_anonymous false" in config
+    assert "max_queued_messages 0" in config
+    document = json.loads((target / "dynamic-security.json").read_text())
+    assert {c["username"] for c in document["clients"]} == {"sensorium-admin", "sensorium-service"}
+    assert document["defaultACLAccess"]["publishClientSend"] is False
+    assert (target / "dynamic-security.json").stat().st_mode & 0o077 == 0
+    assert "SENSORIUM_MQTT_URL" in result.output
