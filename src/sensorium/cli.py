@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -112,6 +112,16 @@ def _first_free_port(host: str, start: int) -> int:
     raise typer.BadParameter(f"no free port in {start}..{start + 99}")
 
 
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (as uvicorn would), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def _setup_logging(settings: Settings) -> None:
     # uvicorn configures its own loggers; this gives Sensorium's the same look.
     logging.basicConfig(
@@ -185,7 +195,7 @@ def serve(
                 await embedded.stop()
 
     try:
-        asyncio.run(run())
+        _run_loop(run())
     except BrokerUnavailable as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -263,7 +273,7 @@ def worker(
             await services.stop(leave_group=leave)
             await engine.dispose()
 
-    asyncio.run(run())
+    _run_loop(run())
 
 
 broker_app = typer.Typer(help="Manage the MQTT broker's accounts.", no_args_is_help=True)

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     mqtt_session_expiry_s: int = Field(7 * 86400, ge=60)
     worker_max_linger_ms: int = Field(50, ge=0, le=1000)
 
+    # Redis for the live bus (and shared rate limits) when several processes run.
+    redis_url: str = ""
+    live_queue_capacity: int = Field(1000, ge=10)
+
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

@@ -20,6 +20,8 @@ from sensorium.config import Settings, get_settings
 from sensorium.db import create_engine, session_factory
 from sensorium.devices.router import router as devices_router
 from sensorium.devices.tokens import DeviceTokenCache
+from sensorium.live.bus import make_bus
+from sensorium.live.router import router as live_router
 from sensorium.ratelimit import RateLimiter, make_storage
 from sensorium.telemetry.router import router as telemetry_router
 from sensorium.telemetry.writer import BatchWriter
@@ -36,6 +38,7 @@ def build_context(settings: Settings) -> AppContext:
     sessions = session_factory(engine)
     storage = make_storage(settings.rate_limit_storage_url)
     window = settings.login_failure_window_s
+    bus = make_bus(settings)
     return AppContext(
         settings=settings,
         engine=engine,
@@ -47,7 +50,9 @@ def build_context(settings: Settings) -> AppContext:
             max_batch=settings.writer_max_batch,
             max_linger_s=settings.writer_max_linger_ms / 1000,
             queue_size=settings.writer_queue_size,
+            bus=bus,
         ),
+        bus=bus,
         device_tokens=DeviceTokenCache(),
         login_user_limiter=RateLimiter.from_spec(
             storage, f"{settings.login_max_failures_per_user}/{window} seconds", "login-user"
@@ -66,13 +71,14 @@ def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None
     ctx = build_context(settings or get_settings())
     mqtt: MqttServices | None = None
     if broker is not None:
-        mqtt = MqttServices(ctx.settings, ctx.sessions, broker)
+        mqtt = MqttServices(ctx.settings, ctx.sessions, broker, bus=ctx.bus)
         ctx.broker, ctx.provisioner = mqtt.outbox, mqtt.provisioner
     elif ctx.settings.mqtt_url:
         ctx.broker = Outbox(ctx.settings.resolved_secret_key())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await ctx.bus.start()
         await ctx.writer.start()
         if mqtt is not None:
             await mqtt.start()
@@ -82,6 +88,7 @@ def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None
             if mqtt is not None:
                 await mqtt.stop()
             await ctx.writer.stop()
+            await ctx.bus.stop()
             await ctx.engine.dispose()
 
     app = FastAPI(
@@ -104,6 +111,7 @@ def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None
     api.include_router(users_router, responses=documented)
     api.include_router(devices_router, responses=documented)
     api.include_router(telemetry_router, responses=documented)
+    api.include_router(live_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())
     return app

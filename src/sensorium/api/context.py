@@ -10,6 +10,7 @@ from sensorium.broker.provisioner import BrokerProvisioner
 from sensorium.broker.service import Outbox
 from sensorium.config import Settings
 from sensorium.devices.tokens import DeviceTokenCache
+from sensorium.live.bus import LiveBus
 from sensorium.ratelimit import RateLimiter
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.users.security import Auth
@@ -26,6 +27,7 @@ class AppContext:
     login_user_limiter: RateLimiter
     login_ip_limiter: RateLimiter
     device_limiter: RateLimiter
+    bus: LiveBus
     # Set when devices also get MQTT accounts: device changes enqueue broker changes.
     broker: Outbox | None = None
     provisioner: BrokerProvisioner | None = None

@@ -166,4 +166,7 @@ async def post_status(
     stored = await service.record_status(
         session, device_id=device, report=report, offline_after_s=ctx.settings.offline_after_s
     )
-    return StatusAccepted(status=service.effective_status(stored, now_ms=epoch_ms()))
+    await session.commit()
+    now_ms = epoch_ms()
+    ctx.bus.publish(service.live_status(stored, reason="status", now_ms=now_ms))
+    return StatusAccepted(status=service.effective_status(stored, now_ms=now_ms))

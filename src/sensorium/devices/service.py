@@ -14,6 +14,7 @@ from sensorium.db import epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.devices.schemas import DevicePublic, DeviceStatus
 from sensorium.errors import Conflict, Invalid, NotFound
+from sensorium.live.bus import Event, status_event
 from sensorium.protocol import (
     InvalidMac,
     LogRecord,
@@ -57,6 +58,18 @@ def effective_status(device: Device, *, now_ms: int) -> DeviceStatus:
     if device.status == "online" and (device.offline_at_ms or 0) > now_ms:
         return "online"
     return "offline"
+
+
+def live_status(device: Device, *, reason: str, now_ms: int) -> Event:
+    """The live-bus event telling browsers a device's current status."""
+    return status_event(
+        device.id,
+        online=effective_status(device, now_ms=now_ms) == "online",
+        reason=reason,
+        now_ms=now_ms,
+        fw=device.firmware_version,
+        info=device.info or {},
+    )
 
 
 def to_public(device: Device, *, now_ms: int | None = None) -> DevicePublic:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from sensorium.db import epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceStatusEvent
 from sensorium.devices.service import OFFLINE_INTERVALS
 from sensorium.errors import NotFound, SensoriumError
+from sensorium.live.bus import LiveBus, status_event, telemetry_event
 from sensorium.protocol import Reading, mac_to_int
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
 
@@ -44,7 +45,6 @@ class _Job:
 
 # (device as int, key id, ts in ms)
 PointKey = tuple[int, int, int]
-WrittenHook = Callable[[str, Sequence[Reading]], None]
 
 
 class BatchWriter:
@@ -56,14 +56,14 @@ class BatchWriter:
         max_batch: int = 5000,
         max_linger_s: float = 0.0,
         queue_size: int = 100_000,
-        on_written: WrittenHook | None = None,
+        bus: LiveBus | None = None,
     ) -> None:
         self._factory = factory
         self._offline_after_s = offline_after_s
         self._max_batch = max_batch
         self._max_linger_s = max_linger_s
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
-        self._on_written = on_written
+        self._bus = bus
         self._key_ids: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -126,7 +126,7 @@ class BatchWriter:
 
     async def _flush(self, jobs: list[_Job]) -> None:
         try:
-            stored = await self._write(jobs)
+            stored, came_online = await self._write(jobs)
         except Exception as exc:
             if len(jobs) > 1:
                 # Isolate the document that failed so the others still get stored.
@@ -136,12 +136,18 @@ class BatchWriter:
             log.exception("writing telemetry of device %s failed", jobs[0].device_id)
             _fail(jobs[0], exc)
             return
+        now_ms = epoch_ms()
+        if self._bus is not None:
+            for device_id in came_online:
+                self._bus.publish(
+                    status_event(device_id, online=True, reason="data", now_ms=now_ms)
+                )
         for job in jobs:
             if job.device_id in stored:
                 if not job.future.done():
                     job.future.set_result(len(job.readings))
-                if self._on_written is not None:
-                    self._on_written(job.device_id, job.readings)
+                if self._bus is not None:
+                    self._bus.publish(telemetry_event(job.device_id, job.readings, now_ms=now_ms))
             else:
                 _fail(job, NotFound(f"device {job.device_id} not found", code="device_not_found"))
 
@@ -159,8 +165,9 @@ class BatchWriter:
                 self._key_ids.update({row.name: row.id for row in rows})
         return self._key_ids
 
-    async def _write(self, jobs: list[_Job]) -> set[str]:
-        """Store the jobs in one transaction; returns the device ids that still exist."""
+    async def _write(self, jobs: list[_Job]) -> tuple[set[str], list[str]]:
+        """Store the jobs in one transaction; returns the device ids that still exist and
+        those that came online with this data."""
         key_ids = await self._key_ids_for({r.key for job in jobs for r in job.readings})
         now_ms = epoch_ms()
         async with self._factory() as session, session.begin():
@@ -172,7 +179,8 @@ class BatchWriter:
                 .values(status="online")
                 .returning(Device.id)
             )
-            for device_id in came_online.scalars():
+            online_now = list(came_online.scalars())
+            for device_id in online_now:
                 session.add(
                     DeviceStatusEvent(device_id=device_id, ts=now_ms, online=True, reason="data")
                 )
@@ -199,7 +207,7 @@ class BatchWriter:
                     points[(device, key_ids[r.key], r.ts)] = r.value
             if points:
                 await self._store(session, points)
-        return alive
+        return alive, online_now
 
     async def _store(self, session: AsyncSession, points: dict[PointKey, float]) -> None:
         if len(points) >= COPY_THRESHOLD and session.get_bind().dialect.name == "postgresql":

@@ -27,6 +27,7 @@ from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.db import epoch_ms
 from sensorium.devices import service as devices
 from sensorium.errors import NotFound, SensoriumError
+from sensorium.live.bus import LiveBus
 from sensorium.protocol import (
     KIND_LOGS,
     KIND_STATUS,
@@ -73,6 +74,7 @@ class MqttIngest:
         session_expiry_s: int,
         receive_maximum: int = 5000,
         shared: bool = True,
+        bus: LiveBus | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
@@ -87,6 +89,7 @@ class MqttIngest:
         # workers' resubscription is dropped. A lone worker subscribes plainly and keeps
         # everything; a group needs the share. See docs/mqtt.md.
         self._shared = shared
+        self._bus = bus
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
         # Status and log messages are few; one queue keeps each device's in order.
@@ -326,9 +329,11 @@ class MqttIngest:
     async def _store_status(self, device_id: str, payload: bytes) -> None:
         report = parse_status(payload)
         async with self._sessions() as session, session.begin():
-            await devices.record_status(
+            device = await devices.record_status(
                 session, device_id=device_id, report=report, offline_after_s=self._offline_after_s
             )
+        if self._bus is not None:
+            self._bus.publish(devices.live_status(device, reason="status", now_ms=epoch_ms()))
 
     async def _store_log(self, device_id: str, payload: bytes) -> None:
         record = parse_log(payload, now_ms=epoch_ms())

@@ -21,6 +21,7 @@ from sensorium.broker.mosquitto import (
 from sensorium.broker.provisioner import BrokerProvisioner
 from sensorium.broker.service import Outbox
 from sensorium.config import Settings
+from sensorium.live.bus import LiveBus
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.worker.ingest import MqttIngest
 from sensorium.worker.scheduler import Scheduler
@@ -84,6 +85,7 @@ class MqttServices:
         ingest: bool = True,
         client_id: str | None = None,
         shared: bool = False,
+        bus: LiveBus | None = None,
     ) -> None:
         (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
         self.outbox = Outbox(settings.resolved_secret_key())
@@ -100,6 +102,7 @@ class MqttServices:
                 max_batch=settings.writer_max_batch,
                 max_linger_s=settings.worker_max_linger_ms / 1000,
                 queue_size=settings.writer_queue_size,
+                bus=bus,
             )
             self.ingest = MqttIngest(
                 MqttEndpoint(address.host, address.port, service_user, service_pw),
@@ -110,8 +113,9 @@ class MqttServices:
                 offline_after_s=settings.offline_after_s,
                 session_expiry_s=settings.mqtt_session_expiry_s,
                 shared=shared,
+                bus=bus,
             )
-            self.scheduler = Scheduler(sessions)
+            self.scheduler = Scheduler(sessions, bus=bus)
 
     async def start(self) -> None:
         await self.provisioner.start()

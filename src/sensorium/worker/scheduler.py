@@ -8,16 +8,23 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.db import epoch_ms
 from sensorium.devices.service import mark_silent_devices_offline
+from sensorium.live.bus import LiveBus, status_event
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, offline_check_s: float = 1.0
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        offline_check_s: float = 1.0,
+        bus: LiveBus | None = None,
     ) -> None:
         self._sessions = sessions
+        self._bus = bus
         self._offline_check_s = offline_check_s
         self._task: asyncio.Task[None] | None = None
 
@@ -36,6 +43,12 @@ class Scheduler:
             silent = await mark_silent_devices_offline(session)
         if silent:
             log.info("offline (silent): %s", ", ".join(silent))
+            if self._bus is not None:
+                now_ms = epoch_ms()
+                for device_id in silent:
+                    self._bus.publish(
+                        status_event(device_id, online=False, reason="timeout", now_ms=now_ms)
+                    )
         return silent
 
     async def _run(self) -> None:
