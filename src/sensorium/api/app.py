@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -15,6 +16,7 @@ from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep
 from sensorium.api.errors import error_response, error_responses, install_error_handlers
 from sensorium.api.metrics import MetricsMiddleware
+from sensorium.broker.endpoint import parse_mqtt_url
 from sensorium.broker.service import Outbox
 from sensorium.config import Settings, get_settings
 from sensorium.db import create_engine, session_factory
@@ -27,6 +29,9 @@ from sensorium.telemetry.router import router as telemetry_router
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.users.router import router as users_router
 from sensorium.users.security import Auth
+from sensorium.web.router import HERE as WEB_DIR
+from sensorium.web.router import LoginRequired
+from sensorium.web.router import router as web_router
 from sensorium.worker.runtime import BrokerAddress, MqttServices
 
 API_PREFIX = "/api/v1"
@@ -73,8 +78,10 @@ def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None
     if broker is not None:
         mqtt = MqttServices(ctx.settings, ctx.sessions, broker, bus=ctx.bus)
         ctx.broker, ctx.provisioner = mqtt.outbox, mqtt.provisioner
+        ctx.mqtt_port = broker.port
     elif ctx.settings.mqtt_url:
         ctx.broker = Outbox(ctx.settings.resolved_secret_key())
+        ctx.mqtt_port = parse_mqtt_url(ctx.settings.mqtt_url)[1]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -114,16 +121,18 @@ def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None
     api.include_router(live_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())
+    app.include_router(web_router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.add_exception_handler(LoginRequired, _to_login)
     return app
+
+
+async def _to_login(request: Request, _exc: Exception) -> Response:
+    return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
 
 def _ops_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
-
-    @router.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        # Until the dashboard lands, the front door is the interactive API documentation.
-        return RedirectResponse("/docs")
 
     @router.get("/healthz")
     async def healthz(ctx: ContextDep) -> Response:

@@ -31,6 +31,8 @@ class AppContext:
     # Set when devices also get MQTT accounts: device changes enqueue broker changes.
     broker: Outbox | None = None
     provisioner: BrokerProvisioner | None = None
+    # The MQTT port devices use (shown in the add-device wizard); None without MQTT.
+    mqtt_port: int | None = None
 
     def broker_changed(self) -> None:
         """Call after committing a change that enqueued broker changes: apply them now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from sensorium.api.context import AppContext
 from sensorium.devices import service as devices
 from sensorium.errors import Forbidden, NotAuthenticated
 from sensorium.protocol import InvalidMac, normalize_mac
+from sensorium.users import service as users
 from sensorium.users.models import User
 from sensorium.users.security import hash_token
 
@@ -49,12 +51,38 @@ def _require_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-async def get_current_user(ctx: ContextDep, session: SessionDep, credentials: BearerDep) -> User:
+SESSION_COOKIE = "sensorium_session"
+CSRF_COOKIE = "sensorium_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def check_csrf(request: Request, submitted: str | None) -> None:
+    """Double-submit check for cookie-authenticated changes: the CSRF cookie (readable only
+    by our own pages) must come back in a header or form field."""
+    expected = request.cookies.get(CSRF_COOKIE)
+    if not expected or not submitted or not secrets.compare_digest(expected, submitted):
+        raise Forbidden("missing or wrong CSRF token", code="csrf_failed")
+
+
+async def get_current_user(
+    request: Request, ctx: ContextDep, session: SessionDep, credentials: BearerDep
+) -> User:
+    """A Bearer access token (API clients), or the dashboard's session cookie (browsers;
+    changes then need the CSRF header)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if credentials is None and cookie:
+        user = await users.user_for_session(session, token=cookie)
+        if user is None:
+            raise NotAuthenticated("session expired; log in again", code="session_expired")
+        if request.method not in SAFE_METHODS:
+            check_csrf(request, request.headers.get(CSRF_HEADER))
+        return user
     user_id = ctx.auth.decode_access_token(_require_token(credentials))
-    user = await session.get(User, user_id)
-    if user is None:
+    found = await session.get(User, user_id)
+    if found is None:
         raise NotAuthenticated("user no longer exists", code="invalid_token")
-    return user
+    return found
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
@@ -13,13 +14,14 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from sensorium.api.context import AppContext
-from sensorium.api.deps import ContextDep, CurrentUser, SessionDep
+from sensorium.api.deps import SESSION_COOKIE, ContextDep, CurrentUser, SessionDep
 from sensorium.db import epoch_ms
 from sensorium.devices import service as devices
 from sensorium.devices.models import Device
 from sensorium.errors import NotAuthenticated
 from sensorium.live.bus import Event, Subscription
 from sensorium.telemetry import service as telemetry
+from sensorium.users import service as users
 from sensorium.users.models import User
 
 router = APIRouter(tags=["live"])
@@ -67,11 +69,25 @@ async def _user_from_token(ctx: AppContext, token: str | None) -> User:
     return user
 
 
+async def _user_from_cookie(ctx: AppContext, websocket: WebSocket) -> User:
+    # Browsers send cookies with cross-site WebSocket requests too: only our own pages
+    # (same origin) may use the session cookie.
+    origin = urlsplit(websocket.headers.get("origin", ""))
+    if origin.netloc != websocket.headers.get("host"):
+        raise NotAuthenticated("cross-origin WebSocket refused", code="bad_origin")
+    async with ctx.sessions() as session:
+        user = await users.user_for_session(session, token=websocket.cookies[SESSION_COOKIE])
+    if user is None:
+        raise NotAuthenticated("session expired; log in again", code="session_expired")
+    return user
+
+
 @router.websocket("/ws")
 async def websocket(websocket: WebSocket, access_token: str | None = None) -> None:
     """Live events of the user's devices.
 
-    Authenticate with `?access_token=`. Then send `{"op": "subscribe", "devices": ["id", ...]}`
+    Authenticate with `?access_token=` (or, from the dashboard, its session cookie).
+    Then send `{"op": "subscribe", "devices": ["id", ...]}`
     (or `"devices": "*"` for all of yours) and `{"op": "unsubscribe", "devices": [...]}`.
     Each subscription first gets the devices' current status and latest values, then live
     `{"kind": "telemetry"|"status", "device", "ts", ...}` messages. Other users' devices
@@ -79,7 +95,10 @@ async def websocket(websocket: WebSocket, access_token: str | None = None) -> No
     """
     ctx: AppContext = websocket.app.state.ctx
     try:
-        user = await _user_from_token(ctx, access_token)
+        if access_token is None and SESSION_COOKIE in websocket.cookies:
+            user = await _user_from_cookie(ctx, websocket)
+        else:
+            user = await _user_from_token(ctx, access_token)
     except NotAuthenticated as exc:
         # Accept first: a close before accepting is an HTTP 403 without a reason.
         await websocket.accept()

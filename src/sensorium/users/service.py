@@ -202,3 +202,18 @@ async def logout(session: AsyncSession, *, refresh_token: str | None) -> None:
     )
     if family is not None:
         await revoke_family(session, family)
+
+
+async def user_for_session(session: AsyncSession, *, token: str) -> User | None:
+    """The user behind a dashboard session cookie: the refresh token of a browser login,
+    valid while not revoked (logout) and not expired. Browsers never rotate it."""
+    row = await session.scalar(
+        select(RefreshToken).where(
+            RefreshToken.token_hash == hash_token(token),
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.used_at.is_(None),
+        )
+    )
+    if row is None or row.expires_at <= utcnow():
+        return None
+    return await session.get(User, row.user_id)

@@ -1,0 +1,296 @@
+"""Dashboard pages. Forms post here (cookie session + CSRF token); the pages' scripts read
+data from the JSON API and the live WebSocket with the same cookie."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import orjson
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from sensorium.api.context import AppContext
+from sensorium.api.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, check_csrf
+from sensorium.db import epoch_ms
+from sensorium.devices import service as devices
+from sensorium.devices.models import Device
+from sensorium.errors import SensoriumError
+from sensorium.telemetry import service as telemetry
+from sensorium.users import service as users
+from sensorium.users.models import User
+from sensorium.web.units import UNITS
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(include_in_schema=False)
+
+FormStr = Annotated[str, Form()]
+
+
+class LoginRequired(Exception):
+    """Raised by pages when there is no valid session: answered with a redirect."""
+
+
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def _secure(request: Request) -> bool:
+    return _ctx(request).settings.mode == "production" or request.url.scheme == "https"
+
+
+async def _user(request: Request, session: Any) -> User:
+    token = request.cookies.get(SESSION_COOKIE)
+    user = await users.user_for_session(session, token=token) if token else None
+    if user is None:
+        raise LoginRequired
+    return user
+
+
+def _render(
+    request: Request, template: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request, template, {"csrf": csrf, "units": UNITS, **context}, status_code=status_code
+    )
+    if request.cookies.get(CSRF_COOKIE) != csrf:
+        # Readable by our scripts (they echo it in X-CSRF-Token), SameSite=Strict.
+        response.set_cookie(
+            CSRF_COOKIE, csrf, httponly=False, samesite="strict", secure=_secure(request)
+        )
+    return response
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+async def _start_session(request: Request, session: Any, user: User) -> RedirectResponse:
+    ctx = _ctx(request)
+    tokens = await users.issue_tokens(session, auth=ctx.auth, user=user)
+    await session.commit()
+    response = _redirect("/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        tokens.refresh_token,
+        max_age=tokens.refresh_expires_in,
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
+    return response
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.get("/login")
+async def login_page(request: Request) -> HTMLResponse:
+    return _render(request, "login.html", mode="login")
+
+
+@router.post("/login")
+async def login(
+    request: Request, session: SessionDep, username: FormStr, password: FormStr, csrf: FormStr
+) -> Response:
+    check_csrf(request, csrf)
+    ctx = _ctx(request)
+    try:
+        user = await users.authenticate(
+            session,
+            auth=ctx.auth,
+            username=username,
+            password=password,
+            client_ip=_client_ip(request),
+            user_limiter=ctx.login_user_limiter,
+            ip_limiter=ctx.login_ip_limiter,
+        )
+    except SensoriumError as exc:
+        return _render(
+            request, "login.html", 401, mode="login", error=exc.message, username=username
+        )
+    return await _start_session(request, session, user)
+
+
+@router.get("/register")
+async def register_page(request: Request) -> HTMLResponse:
+    return _render(request, "login.html", mode="register")
+
+
+@router.post("/register")
+async def register(
+    request: Request, session: SessionDep, username: FormStr, password: FormStr, csrf: FormStr
+) -> Response:
+    check_csrf(request, csrf)
+    try:
+        user = await users.register_user(
+            session, auth=_ctx(request).auth, username=username, password=password
+        )
+    except SensoriumError as exc:
+        await session.rollback()
+        return _render(
+            request, "login.html", 422, mode="register", error=exc.message, username=username
+        )
+    return await _start_session(request, session, user)
+
+
+@router.post("/logout")
+async def logout(request: Request, session: SessionDep, csrf: FormStr) -> Response:
+    check_csrf(request, csrf)
+    await users.logout(session, refresh_token=request.cookies.get(SESSION_COOKIE))
+    response = _redirect("/login")
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+def _device_view(device: Device, now_ms: int) -> dict[str, Any]:
+    public = devices.to_public(device, now_ms=now_ms)
+    return orjson.loads(public.model_dump_json())  # type: ignore[no-any-return]
+
+
+@router.get("/")
+async def fleet(request: Request, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    rows, _total = await devices.list_devices(session, owner=user, limit=500)
+    now = epoch_ms()
+    items = []
+    for device in rows:
+        view = _device_view(device, now)
+        view["latest"] = {
+            k: [p.ts, p.value]
+            for k, p in (await telemetry.latest(session, device_id=device.id)).items()
+        }
+        items.append(view)
+    return _render(request, "fleet.html", user=user, devices=items, now_ms=now)
+
+
+@router.get("/devices/new")
+async def new_device_page(request: Request, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    return _render(request, "device_new.html", user=user)
+
+
+def _connection_lines(request: Request, device_id: str, token: str) -> dict[str, Any]:
+    ctx = _ctx(request)
+    host = urlsplit(str(request.base_url)).hostname or "127.0.0.1"
+    mqtt_port = ctx.mqtt_port
+    base = str(request.base_url).rstrip("/")
+    config = {
+        "wifi": {"ssid": "", "password": ""},
+        "server": {"host": host, "http_port": request.url.port or 80, "mqtt_port": mqtt_port},
+        "device_id": device_id,
+        "token": token,
+        "interval_s": 30,
+    }
+    lines: dict[str, Any] = {
+        "config": orjson.dumps(config, option=orjson.OPT_INDENT_2).decode(),
+        "curl": (
+            f"curl -X POST {base}/api/v1/devices/{device_id}/telemetry "
+            f"-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+            """-d '{"temperature": 21.5, "humidity": 40}'"""
+        ),
+        "mqtt": None,
+    }
+    if mqtt_port:
+        lines["mqtt"] = (
+            f"mosquitto_pub -h {host} -p {mqtt_port} -i {device_id} -u {device_id} "
+            f"-P '{token}' -q 1 -t devices/{device_id}/telemetry "
+            """-m '{"temperature": 21.5, "humidity": 40}'"""
+        )
+    return lines
+
+
+@router.post("/devices/new")
+async def create_device(
+    request: Request,
+    session: SessionDep,
+    mac: FormStr,
+    name: FormStr,
+    csrf: FormStr,
+    location: Annotated[str, Form()] = "",
+) -> Response:
+    check_csrf(request, csrf)
+    user = await _user(request, session)
+    ctx = _ctx(request)
+    try:
+        device, token = await devices.register_device(
+            session, owner=user, mac=mac, name=name, location=location, broker=ctx.broker
+        )
+    except SensoriumError as exc:
+        await session.rollback()
+        return _render(
+            request, "device_new.html", 422, user=user, error=exc.message, field=exc.field,
+            mac=mac, name=name, location=location,
+        )  # fmt: skip
+    await session.commit()
+    ctx.broker_changed()
+    return _render(
+        request,
+        "device_created.html",
+        user=user,
+        device=_device_view(device, epoch_ms()),
+        token=token,
+        lines=_connection_lines(request, device.id, token),
+    )
+
+
+@router.get("/devices/{device_id}")
+async def device_page(request: Request, device_id: str, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    try:
+        device = await devices.get_device(session, owner=user, device_id=device_id)
+    except SensoriumError:
+        return _render(request, "not_found.html", 404, user=user)
+    now = epoch_ms()
+    view = _device_view(device, now)
+    view["latest"] = {
+        k: [p.ts, p.value]
+        for k, p in (await telemetry.latest(session, device_id=device.id)).items()
+    }
+    return _render(request, "device.html", user=user, device=view, now_ms=now)
+
+
+@router.post("/devices/{device_id}/settings")
+async def device_settings(
+    request: Request,
+    device_id: str,
+    session: SessionDep,
+    name: FormStr,
+    csrf: FormStr,
+    location: Annotated[str, Form()] = "",
+) -> Response:
+    check_csrf(request, csrf)
+    user = await _user(request, session)
+    await devices.update_device(
+        session, owner=user, device_id=device_id, name=name, location=location
+    )
+    return _redirect(f"/devices/{device_id}#settings")
+
+
+@router.post("/devices/{device_id}/delete")
+async def delete_device(
+    request: Request, device_id: str, session: SessionDep, confirm: FormStr, csrf: FormStr
+) -> Response:
+    check_csrf(request, csrf)
+    user = await _user(request, session)
+    device = await devices.get_device(session, owner=user, device_id=device_id)
+    if confirm.strip() not in {device.name, device.id}:
+        view = _device_view(device, epoch_ms())
+        view["latest"] = {}
+        return _render(
+            request, "device.html", 422, user=user, device=view, now_ms=epoch_ms(),
+            delete_error="Type the device's name to confirm.",
+        )  # fmt: skip
+    ctx = _ctx(request)
+    await devices.delete_device(session, owner=user, device_id=device_id, broker=ctx.broker)
+    await session.commit()
+    ctx.device_tokens.forget_device(device_id)
+    ctx.broker_changed()
+    return _redirect("/")
