@@ -77,6 +77,8 @@ class Settings(BaseSettings):
 
     # Redis for the live bus (and shared rate limits) when several processes run.
     redis_url: str = ""
+    # Several installations may share one Redis: each needs its own channel.
+    live_channel: str = "sensorium:live"
     live_queue_capacity: int = Field(1000, ge=10)
 
     host: str = "127.0.0.1"

@@ -196,9 +196,6 @@ class InProcessBus:
         return self.fanout.subscribe(devices)
 
 
-CHANNEL = "sensorium:live"
-
-
 @dataclass
 class RedisBus:
     """Events go through one Redis pub/sub channel; every process delivers what arrives
@@ -206,6 +203,7 @@ class RedisBus:
 
     url: str
     capacity: int = 1000
+    channel: str = "sensorium:live"
     fanout: LocalFanout = field(init=False)
     _outbox: asyncio.Queue[bytes] = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -220,7 +218,7 @@ class RedisBus:
 
         self._redis = redis.Redis.from_url(self.url)
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(CHANNEL)
+        await pubsub.subscribe(self.channel)
         self._tasks = [
             asyncio.create_task(self._listen(pubsub), name="live-redis-listen"),
             asyncio.create_task(self._send(), name="live-redis-send"),
@@ -249,7 +247,7 @@ class RedisBus:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for item in batch:
-                        pipe.publish(CHANNEL, item)
+                        pipe.publish(self.channel, item)
                     await pipe.execute()
             except Exception as exc:
                 log.warning("live bus: Redis publish failed (%s)", exc)
@@ -270,7 +268,7 @@ class RedisBus:
                 log.warning("live bus: Redis subscription lost (%s); resubscribing", exc)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(Exception):
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self.channel)
 
     def subscribe(self, devices: Iterable[str] = ()) -> Subscription:
         return self.fanout.subscribe(devices)
@@ -278,5 +276,5 @@ class RedisBus:
 
 def make_bus(settings: Settings) -> LiveBus:
     if settings.redis_url:
-        return RedisBus(settings.redis_url, settings.live_queue_capacity)
+        return RedisBus(settings.redis_url, settings.live_queue_capacity, settings.live_channel)
     return InProcessBus(settings.live_queue_capacity)
