@@ -104,6 +104,7 @@ class Phase:
     duration_s: float
     rate: float | None  # total offered requests/s (open loop); None = closed loop
     total_connections: int
+    client: str  # "http.client" or "raw"
 
     @property
     def measure_from(self) -> float:
@@ -196,6 +197,75 @@ class _Caller:
         return response.status, response.read()
 
 
+class _RawCaller:
+    """The same requests over a bare keep-alive socket: prebuilt request bytes and a minimal
+    HTTP/1.1 response parser (status line, Content-Length). It costs the client a fraction
+    of http.client's CPU, which leaves more of a small machine to the server under test."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self._address = (host, port)
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._host_header = f"Host: {host}:{port}\r\n"
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self._address, timeout=self._timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._buffer = b""
+        return sock
+
+    def reset(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def call(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        sock = self._sock or self._connect()
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        payload = body or b""
+        length = f"Content-Length: {len(payload)}\r\n" if body is not None else ""
+        sock.sendall(
+            f"{method} {path} HTTP/1.1\r\n{self._host_header}{lines}{length}\r\n".encode() + payload
+        )
+        buffer = self._buffer
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            buffer += self._recv(sock)
+        head = buffer[:end].decode("latin-1")
+        buffer = buffer[end + 4 :]
+        status = int(head[9:12])
+        size = 0
+        close = False
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                size = int(value)
+            elif name == "transfer-encoding":
+                raise http.client.HTTPException("chunked responses are not supported")
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        while len(buffer) < size:
+            buffer += self._recv(sock)
+        self._buffer = buffer[size:]
+        if close:
+            self.close()
+        return status, buffer[:size]
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("server closed the connection")
+        return chunk
+
+
 def _run_connection(
     phase: Phase,
     slot: int,
@@ -204,7 +274,11 @@ def _run_connection(
     port: int,
     result: ConnResult,
 ) -> None:
-    caller = _Caller(host, port, timeout=30.0)
+    caller: _Caller | _RawCaller = (
+        _RawCaller(host, port, timeout=30.0)
+        if phase.client == "raw"
+        else _Caller(host, port, timeout=30.0)
+    )
     headers_by_device = [
         {
             "Authorization": f"Bearer {d.token}",
@@ -717,11 +791,14 @@ def run_phase(
     warmup_s: float,
     duration_s: float,
     connections_per_client: int,
+    client: str,
     profile_dir: Path | None,
 ) -> tuple[PhaseReport, int, int]:
     """Run one phase; returns its report, the accepted and the unknown-outcome counts."""
     total_connections = connections_per_client * len(pool.pipes)
-    phase = Phase(name, kind, time.time() + 1.0, warmup_s, duration_s, rate, total_connections)
+    phase = Phase(
+        name, kind, time.time() + 1.0, warmup_s, duration_s, rate, total_connections, client
+    )
     log(f"phase {name}: {warmup_s:g} s warm-up + {duration_s:g} s")
     for pipe in pool.pipes:
         pipe.send(phase)
@@ -878,7 +955,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     database_url = f"postgresql+asyncpg://{pg.split('://', 1)[1]}/{db_name}"
     dsn = f"{pg}/{db_name}"
     port = args.port or free_port()
-    result: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "command": " ".join(sys.argv),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
     with (
         tempfile.TemporaryDirectory(prefix="sensorium-bench-") as tmp,
         scratch_database(f"{pg}/postgres", db_name),
@@ -922,6 +1003,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     warmup_s=args.warmup,
                     duration_s=args.duration,
                     connections_per_client=args.connections,
+                    client=args.client,
                     profile_dir=args.profile if kind == "ingest" and rate is None else None,
                 )
                 phases.append(report)
@@ -939,9 +1021,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             if pool is not None:
                 stop_clients(pool)
-            server_log = server.log_tail(15)
             server.stop()
             log("server stopped")
+            server_log = server.log_tail(15)
+            if args.server_log is not None:
+                shutil.copyfile(server.logfile, args.server_log)
         rows = asyncio.run(_count_points(dsn))
         log("raw PostgreSQL baseline")
         raw = [
@@ -1036,7 +1120,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=1000, help="devices to register")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument(
-        "--connections", type=int, default=128, help="keep-alive connections per client process"
+        "--connections", type=int, default=64, help="keep-alive connections per client process"
+    )
+    parser.add_argument(
+        "--client",
+        choices=["http.client", "raw"],
+        default="http.client",
+        help="HTTP client of the load generator (raw: bare sockets, less client CPU)",
     )
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument(
@@ -1079,6 +1169,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--pg-seconds", type=float, default=5.0, help="seconds per raw PostgreSQL baseline"
     )
     parser.add_argument(
+        "--server-log", type=Path, default=None, metavar="FILE", help="keep the server's output"
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -1100,6 +1193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(render(result))
+    errors = sum(p["errors"] for p in result["phases"])
+    if errors:
+        print(f"WARNING: {errors} requests failed (see error_kinds in --json)", file=sys.stderr)
+    if result["verification"]["accepted_requests"] == 0:
+        print("FAILED: the server accepted no telemetry at all", file=sys.stderr)
+        return 1
     if not result["verification"]["ok"]:
         v = result["verification"]
         print(

@@ -388,3 +388,113 @@ def device_create(
     device_id, token = _run_in_session(settings, work)
     console.print(f"registered device [bold]{device_id}[/]")
     console.print(f"token (shown once): [bold yellow]{token}[/]")
+
+
+@app.command()
+def simulate(
+    devices: Annotated[
+        int | None,
+        typer.Option(
+            "--devices",
+            "-n",
+            min=1,
+            help="How many devices: to register (default 10), or the first N of --from-file",
+        ),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between two readings of a device")
+    ] = 5.0,
+    transport: Annotated[str, typer.Option(help="How the devices send: mqtt or http")] = "mqtt",
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="What they measure: climate, energy or mixed [default: mixed, or as in "
+            "--from-file]"
+        ),
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the devices through the API first (--api, --user)")
+    ] = False,
+    api: Annotated[
+        str | None, typer.Option(help="API base URL, e.g. http://127.0.0.1:8000")
+    ] = None,
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option("--mqtt", help="Broker, e.g. mqtt://127.0.0.1:1883 [default: API host]"),
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Account that will own the devices")] = None,
+    password: Annotated[str | None, typer.Option(help="Its password (prompted if missing)")] = None,
+    from_file: Annotated[
+        Path | None, typer.Option(help="devices.json of an earlier --register run")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where --register saves credentials [default: --from-file or devices.json]"
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of MACs, signals and outages")] = 1,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="Stop after this many seconds [default: Ctrl-C]")
+    ] = None,
+    offline_ratio: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Share of time devices spend offline")
+    ] = 0.0,
+    outage: Annotated[float, typer.Option(min=0.1, help="Mean length of an outage (s)")] = 30.0,
+    status_every: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between status heartbeats")
+    ] = 30.0,
+    ramp: Annotated[float, typer.Option(min=0.1, help="Devices booting per second")] = 200.0,
+) -> None:
+    """Run simulated devices: realistic readings, status, last will, outages and backfill."""
+    from sensorium.simulator.fleet import TRANSPORTS, FleetConfig
+    from sensorium.simulator.runner import (
+        PROFILE_CHOICES,
+        SimulateError,
+        SimulateOptions,
+        local_utc_offset_s,
+    )
+    from sensorium.simulator.runner import simulate as run_simulation
+
+    if transport not in TRANSPORTS:
+        raise typer.BadParameter("must be mqtt or http", param_hint="--transport")
+    if profile is not None and profile not in PROFILE_CHOICES:
+        raise typer.BadParameter("must be climate, energy or mixed", param_hint="--profile")
+    if register and password is None:
+        password = typer.prompt("password", hide_input=True)
+    options = SimulateOptions(
+        devices=devices,
+        transport="http" if transport == "http" else "mqtt",
+        profile=profile,
+        config=FleetConfig(
+            interval_s=interval,
+            status_every_s=status_every,
+            offline_ratio=offline_ratio,
+            outage_s=outage,
+            ramp_per_s=ramp,
+            seed=seed,
+            utc_offset_s=local_utc_offset_s(),
+        ),
+        duration_s=duration,
+        register=register,
+        api_url=api,
+        mqtt_url=mqtt_url,
+        username=user,
+        password=password,
+        from_file=from_file,
+        out=out,
+    )
+    code = 0
+
+    async def main() -> None:
+        nonlocal code
+        code = await run_simulation(options, console)
+
+    try:
+        _run_loop(main())
+    except SimulateError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
