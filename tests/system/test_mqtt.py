@@ -222,6 +222,7 @@ async def test_last_will_turns_a_dropped_device_offline(
         return str(r.json()["status"])
 
     assert await wait_for(lambda: _equals(status(), "online"))
+    live = mqtt_api.client.app.state.ctx.bus.subscribe([reg.id])  # type: ignore[attr-defined]
     # Kill the connection without DISCONNECT: only keep-alive expiry reveals it.
     assert device.client is not None
     sock = device.client.socket()
@@ -232,6 +233,11 @@ async def test_last_will_turns_a_dropped_device_offline(
     assert await wait_for(lambda: _equals(status(), "offline"), timeout_s=6)
     # Keep-alive 1 s: the broker gives up after 1.5 s; the API must show it within 2 s more.
     assert time.monotonic() - dropped_at < 1.5 + 2 + 0.5
+    # ... and so must the live bus (what browsers see).
+    event = await asyncio.wait_for(live.get(), 1)
+    assert event is not None
+    assert (event.kind, event.data["status"]) == ("status", "offline")
+    live.close()
     history = await mqtt_api.client.get(
         f"/api/v1/devices/{reg.id}/status/history", headers=owner.headers
     )
