@@ -49,13 +49,8 @@ def build_context(settings: Settings) -> AppContext:
         engine=engine,
         sessions=sessions,
         auth=Auth.from_settings(settings),
-        writer=BatchWriter(
-            sessions,
-            offline_after_s=settings.offline_after_s,
-            max_batch=settings.writer_max_batch,
-            max_linger_s=settings.writer_max_linger_ms / 1000,
-            queue_size=settings.writer_queue_size,
-            bus=bus,
+        writer=BatchWriter.from_settings(
+            sessions, settings, linger_ms=settings.writer_max_linger_ms, bus=bus
         ),
         bus=bus,
         device_tokens=DeviceTokenCache(),

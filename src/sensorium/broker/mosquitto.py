@@ -9,7 +9,6 @@ persistent-session expiry left to the clients.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from sensorium.aio import cancel_and_wait
 from sensorium.broker import dynsec
 
 log = logging.getLogger("sensorium.mosquitto")
@@ -274,8 +274,5 @@ class MosquittoSupervisor:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -8,6 +8,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.aio import cancel_and_wait
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.broker.service import Outbox, deliver, ensure_service_roles
@@ -42,11 +43,8 @@ class BrokerProvisioner:
         self._task = asyncio.create_task(self._run(), name="broker-provisioner")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         delay = 0.5

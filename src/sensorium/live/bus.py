@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from sensorium.aio import cancel_and_wait
 from sensorium.config import Settings
 from sensorium.protocol import Reading
 
@@ -226,9 +227,7 @@ class RedisBus:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._redis is not None:
             await self._redis.aclose()
 

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.config import Settings
 from sensorium.db import epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceStatusEvent
 from sensorium.devices.service import OFFLINE_INTERVALS
@@ -66,6 +67,24 @@ class BatchWriter:
         self._bus = bus
         self._key_ids: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        *,
+        linger_ms: int,
+        bus: LiveBus | None = None,
+    ) -> BatchWriter:
+        return cls(
+            sessions,
+            offline_after_s=settings.offline_after_s,
+            max_batch=settings.writer_max_batch,
+            max_linger_s=linger_ms / 1000,
+            queue_size=settings.writer_queue_size,
+            bus=bus,
+        )
 
     async def start(self) -> None:
         if self._task is None:

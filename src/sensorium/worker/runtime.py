@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.broker.endpoint import MqttEndpoint, parse_mqtt_url
 from sensorium.broker.mosquitto import (
+    BrokerFiles,
     MosquittoSupervisor,
     find_dynsec_plugin,
     find_mosquitto,
@@ -35,6 +37,21 @@ class BrokerAddress:
     port: int
 
 
+def broker_files(settings: Settings, directory: Path, *, host: str, port: int) -> BrokerFiles:
+    """Mosquitto config and Dynamic Security file with this installation's accounts."""
+    (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
+    return write_broker_files(
+        directory,
+        host=host,
+        port=port,
+        plugin=find_dynsec_plugin(settings.mosquitto_dynsec_plugin),
+        admin_username=admin_user,
+        admin_password=admin_pw,
+        service_username=service_user,
+        service_password=service_pw,
+    )
+
+
 class EmbeddedBroker:
     """A Mosquitto child with a generated config in the data directory (serve mode)."""
 
@@ -45,19 +62,9 @@ class EmbeddedBroker:
 
     async def start(self) -> BrokerAddress:
         settings = self._settings
-        (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
         host = settings.mqtt_embedded_host
         port = free_port(host, settings.mqtt_embedded_port)
-        files = write_broker_files(
-            settings.data_dir / "mosquitto",
-            host=host,
-            port=port,
-            plugin=find_dynsec_plugin(settings.mosquitto_dynsec_plugin),
-            admin_username=admin_user,
-            admin_password=admin_pw,
-            service_username=service_user,
-            service_password=service_pw,
-        )
+        files = broker_files(settings, settings.data_dir / "mosquitto", host=host, port=port)
         self.supervisor = MosquittoSupervisor(
             find_mosquitto(settings.mosquitto_binary), files.config, host=host, port=port
         )
@@ -96,13 +103,8 @@ class MqttServices:
         self.ingest: MqttIngest | None = None
         self.scheduler: Scheduler | None = None
         if ingest:
-            self.writer = BatchWriter(
-                sessions,
-                offline_after_s=settings.offline_after_s,
-                max_batch=settings.writer_max_batch,
-                max_linger_s=settings.worker_max_linger_ms / 1000,
-                queue_size=settings.writer_queue_size,
-                bus=bus,
+            self.writer = BatchWriter.from_settings(
+                sessions, settings, linger_ms=settings.worker_max_linger_ms, bus=bus
             )
             self.ingest = MqttIngest(
                 MqttEndpoint(address.host, address.port, service_user, service_pw),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.aio import cancel_and_wait
 from sensorium.db import epoch_ms
 from sensorium.devices.service import mark_silent_devices_offline
 from sensorium.live.bus import LiveBus, status_event
@@ -32,11 +32,8 @@ class Scheduler:
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def run_once(self) -> list[str]:
         async with self._sessions() as session, session.begin():
