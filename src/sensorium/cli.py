@@ -20,7 +20,7 @@ from sensorium import __version__, migrate
 from sensorium.api.app import create_app
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker.endpoint import parse_mqtt_url
-from sensorium.broker.mosquitto import BrokerUnavailable, find_dynsec_plugin, write_broker_files
+from sensorium.broker.mosquitto import BrokerUnavailable
 from sensorium.broker.service import Outbox, SyncReport, reconcile
 from sensorium.config import InsecureSettings, Settings, get_settings
 from sensorium.db import create_engine, session_factory
@@ -29,7 +29,13 @@ from sensorium.errors import SensoriumError
 from sensorium.users import service as users
 from sensorium.users.models import User
 from sensorium.users.security import Auth
-from sensorium.worker.runtime import BrokerAddress, EmbeddedBroker, MqttServices, broker_address
+from sensorium.worker.runtime import (
+    BrokerAddress,
+    EmbeddedBroker,
+    MqttServices,
+    broker_address,
+    broker_files,
+)
 
 app = typer.Typer(
     help="Sensorium: a self-hosted IoT platform for ESP32 sensor fleets.", no_args_is_help=True
@@ -288,17 +294,7 @@ def broker_init(
 ) -> None:
     """Write a Mosquitto config and Dynamic Security file for your own broker."""
     settings = _settings()
-    (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
-    files = write_broker_files(
-        directory,
-        host=listen,
-        port=port,
-        plugin=find_dynsec_plugin(settings.mosquitto_dynsec_plugin),
-        admin_username=admin_user,
-        admin_password=admin_pw,
-        service_username=service_user,
-        service_password=service_pw,
-    )
+    files = broker_files(settings, directory, host=listen, port=port)
     console.print(f"wrote {files.config} and {files.dynsec}")
     console.print(f"start it: [bold]mosquitto -c {files.config}[/]; then point Sensorium at it:")
     console.print(f"  SENSORIUM_MQTT_URL=mqtt://<this host>:{port}")
@@ -484,11 +480,9 @@ def simulate(
         from_file=from_file,
         out=out,
     )
-    code = 0
 
     async def main() -> None:
-        nonlocal code
-        code = await run_simulation(options, console)
+        await run_simulation(options, console)
 
     try:
         _run_loop(main())
@@ -496,5 +490,5 @@ def simulate(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
+        # Ctrl-C before the fleet ran (registering): what was registered is saved.
         raise typer.Exit(130) from None
-    raise typer.Exit(code)
