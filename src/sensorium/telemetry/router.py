@@ -15,8 +15,15 @@ from sensorium.db import epoch_ms
 from sensorium.devices.service import get_device
 from sensorium.errors import Invalid, SensoriumError
 from sensorium.protocol import ProtocolError, parse_telemetry
-from sensorium.telemetry import service
-from sensorium.telemetry.schemas import Accepted, LatestPublic, Order, PointPage
+from sensorium.telemetry import buckets, service
+from sensorium.telemetry.schemas import (
+    Accepted,
+    BucketRow,
+    LatestPublic,
+    Order,
+    PointPage,
+    SeriesPage,
+)
 
 router = APIRouter(prefix="/devices/{device_id}/telemetry", tags=["telemetry"])
 
@@ -94,7 +101,7 @@ def _parse_time(value: str | None, field: str) -> int | None:
     return int(parsed.timestamp() * 1000)
 
 
-@router.get("")
+@router.get("", response_model=PointPage | SeriesPage)
 async def history(
     device_id: str,
     user: CurrentUser,
@@ -104,19 +111,64 @@ async def history(
         str | None, Query(alias="from", description="Start (inclusive): epoch ms or ISO-8601")
     ] = None,
     to: Annotated[str | None, Query(description="End (exclusive): epoch ms or ISO-8601")] = None,
+    interval: Annotated[
+        str,
+        Query(
+            pattern="^(" + "|".join(buckets.INTERVALS) + ")$",
+            description="raw points, a fixed bucket width, calendar 1d/1w/1mo in `tz`, or "
+            "auto (the coarsest giving at least 500 buckets)",
+        ),
+    ] = "raw",
+    agg: Annotated[
+        str, Query(description="Aggregates per bucket: " + ",".join(service.AGGREGATES))
+    ] = "avg,min,max",
+    tz: Annotated[str, Query(description="IANA time zone for calendar buckets")] = "UTC",
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 1000,
     order: Order = "asc",
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> PointPage:
-    """Raw readings ordered by time (oldest first by default), paginated by cursor."""
+) -> PointPage | SeriesPage:
+    """Raw readings ordered by time (oldest first by default), paginated by cursor; or,
+    with `interval`, aggregates per time bucket (min/avg/max bands for charts)."""
     device = await get_device(session, owner=user, device_id=device_id)
     key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    from_ms, to_ms = _parse_time(from_, "from"), _parse_time(to, "to")
+    if interval != "raw":
+        zone = buckets.zone(tz)
+        end = to_ms if to_ms is not None else epoch_ms()
+        start = from_ms if from_ms is not None else end - 86_400_000
+        if start >= end:
+            raise Invalid("from must be before to", field="from", code="invalid_range")
+        resolved = buckets.pick_auto(start, end) if interval == "auto" else interval
+        if resolved != "raw":
+            aggs = [a.strip() for a in agg.split(",") if a.strip()]
+            unknown = set(aggs) - set(service.AGGREGATES)
+            if unknown or not aggs:
+                raise Invalid(
+                    f"agg must be a list of {', '.join(service.AGGREGATES)}",
+                    field="agg",
+                    code="invalid_agg",
+                )
+            series = await service.aggregate(
+                session, device_id=device.id, keys=key_list, from_ms=start, to_ms=end,
+                interval=resolved, aggs=aggs, tz=zone,
+            )  # fmt: skip
+            return SeriesPage(
+                device_id=device.id,
+                interval=resolved,
+                tz=tz,
+                aggs=aggs,
+                series={
+                    k: [BucketRow(start=buckets.iso(int(r["bucket"]), zone), **r) for r in rows]
+                    for k, rows in series.items()
+                },
+            )
+        from_ms, to_ms = start, end
     points, next_cursor = await service.query_points(
         session,
         device_id=device.id,
         keys=key_list,
-        from_ms=_parse_time(from_, "from"),
-        to_ms=_parse_time(to, "to"),
+        from_ms=from_ms,
+        to_ms=to_ms,
         limit=limit,
         order=order,
         cursor=cursor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Order = Literal["asc", "desc"]
 
@@ -31,3 +31,22 @@ class PointPage(BaseModel):
 
 class Accepted(BaseModel):
     accepted: int = Field(description="Readings stored", examples=[3])
+
+
+class BucketRow(BaseModel):
+    """One bucket of one key; only the requested aggregates are present."""
+
+    model_config = ConfigDict(extra="allow")
+
+    bucket: int = Field(description="Bucket start, epoch milliseconds")
+    start: str = Field(description="Bucket start in the requested time zone (ISO-8601)")
+
+
+class SeriesPage(BaseModel):
+    device_id: str
+    interval: str = Field(description="The interval used (what `auto` resolved to)")
+    tz: str
+    aggs: list[str]
+    series: dict[str, list[BucketRow]] = Field(
+        description="Per key, its non-empty buckets in time order: gaps are left out"
+    )

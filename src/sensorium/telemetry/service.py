@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+from bisect import bisect_right
 from collections.abc import Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import BigInteger, ColumnElement, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.errors import Invalid
 from sensorium.protocol import mac_to_int
+from sensorium.telemetry import buckets
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
 from sensorium.telemetry.schemas import Order, PointPublic
 
@@ -82,3 +86,130 @@ async def query_points(
         next_cursor = encode_cursor(rows[-1][0], rows[-1][1])
     points = [PointPublic(key=name, ts=ts, value=value) for ts, _key_id, name, value in rows]
     return points, next_cursor
+
+
+AGGREGATES = ("avg", "min", "max", "sum", "count", "first", "last")
+
+
+# Every UTC offset in use is a multiple of 15 minutes, so 15-minute sums combine exactly into
+# local days, weeks and months, whatever the zone and its DST changes.
+CALENDAR_GRAIN_MS = 15 * 60_000
+
+
+async def aggregate(
+    session: AsyncSession,
+    *,
+    device_id: str,
+    keys: Sequence[str] | None,
+    from_ms: int,
+    to_ms: int,
+    interval: str,
+    aggs: Sequence[str],
+    tz: ZoneInfo,
+) -> dict[str, list[dict[str, float | int]]]:
+    """Per key, one row per non-empty bucket: {"bucket": start_ms, agg: value, ...}.
+    Empty buckets are left out (a gap is a gap, not a zero)."""
+    plan = buckets.buckets(interval, from_ms, to_ms, tz)
+    if not plan.starts:
+        return {}
+    calendar = interval not in buckets.FIXED_MS
+    width = CALENDAR_GRAIN_MS if calendar else buckets.FIXED_MS[interval]
+    origin = plan.starts[0]
+    # Integer arithmetic, so SQLite and PostgreSQL bucket identically.
+    grain: ColumnElement[int] = literal(origin, BigInteger) + (
+        (Point.ts - literal(origin, BigInteger)) // literal(width, BigInteger)
+    ) * literal(width, BigInteger)
+    query = select(
+        Point.key_id,
+        grain.label("grain"),
+        func.min(Point.value),
+        func.max(Point.value),
+        func.sum(Point.value),
+        func.count(),
+        func.min(Point.ts),
+        func.max(Point.ts),
+    ).where(
+        Point.device == mac_to_int(device_id),
+        Point.ts >= max(from_ms, origin),
+        Point.ts < min(to_ms, plan.end),
+    )
+    if keys:
+        query = query.join(TelemetryKey, TelemetryKey.id == Point.key_id).where(
+            TelemetryKey.name.in_(keys)
+        )
+    query = query.group_by(Point.key_id, grain).order_by(Point.key_id, grain)
+    merged: dict[tuple[int, int], _Stats] = {}
+    for key_id, start, lo, hi, total, count, first_ts, last_ts in await session.execute(query):
+        bucket = plan.starts[bisect_right(plan.starts, int(start)) - 1] if calendar else int(start)
+        stats = merged.get((key_id, bucket))
+        if stats is None:
+            merged[(key_id, bucket)] = _Stats(lo, hi, total, count, first_ts, last_ts)
+        else:
+            stats.add(lo, hi, total, count, first_ts, last_ts)
+    names = dict((await session.execute(select(TelemetryKey.id, TelemetryKey.name))).all())
+    out: dict[str, list[dict[str, float | int]]] = {}
+    for (key_id, bucket), stats in sorted(merged.items()):
+        row: dict[str, float | int] = {"bucket": bucket}
+        values = stats.as_dict()
+        row.update({a: values[a] for a in aggs if a in values})
+        out.setdefault(names[key_id], []).append(row)
+    if {"first", "last"} & set(aggs) and merged:
+        edges = {k: (s.first_ts, s.last_ts) for k, s in merged.items()}
+        await _first_last(session, mac_to_int(device_id), edges, names, out, aggs)
+    return out
+
+
+@dataclass(slots=True)
+class _Stats:
+    lo: float
+    hi: float
+    total: float
+    count: int
+    first_ts: int
+    last_ts: int
+
+    def add(self, lo: float, hi: float, total: float, count: int, first: int, last: int) -> None:
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        self.total += total
+        self.count += count
+        self.first_ts, self.last_ts = min(self.first_ts, first), max(self.last_ts, last)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "min": self.lo,
+            "max": self.hi,
+            "sum": self.total,
+            "count": self.count,
+            "avg": self.total / self.count,
+        }
+
+
+async def _first_last(
+    session: AsyncSession,
+    device: int,
+    edges: dict[tuple[int, int], tuple[int, int]],
+    names: dict[int, str],
+    out: dict[str, list[dict[str, float | int]]],
+    aggs: Sequence[str],
+) -> None:
+    """The values at each bucket's first and last timestamp (primary-key lookups)."""
+    wanted = {(k, t) for (k, _b), pair in edges.items() for t in pair}
+    found: dict[tuple[int, int], float] = {}
+    pairs = sorted(wanted)
+    for i in range(0, len(pairs), 500):
+        chunk = pairs[i : i + 500]
+        result = await session.execute(
+            select(Point.key_id, Point.ts, Point.value).where(
+                Point.device == device, tuple_(Point.key_id, Point.ts).in_(chunk)
+            )
+        )
+        found.update({(k, t): v for k, t, v in result})
+    by_name = {v: k for k, v in names.items()}
+    for name, series in out.items():
+        key_id = by_name[name]
+        for row in series:
+            first_ts, last_ts = edges[(key_id, int(row["bucket"]))]
+            if "first" in aggs:
+                row["first"] = found[(key_id, first_ts)]
+            if "last" in aggs:
+                row["last"] = found[(key_id, last_ts)]

@@ -1,0 +1,165 @@
+"""Aggregated history: fixed and calendar buckets, DST days, non-hour offsets, gaps."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from sensorium.protocol import Reading
+from sensorium.telemetry import buckets
+from tests.helpers import Api, RegisteredDevice
+
+HALF_HOUR = 1_800_000
+
+
+async def store(api: Api, device: RegisteredDevice, readings: list[Reading]) -> None:
+    """Old readings go straight to the writer (the HTTP API refuses beyond retention)."""
+    writer = api.client.app.state.ctx.writer  # type: ignore[attr-defined]
+    for i in range(0, len(readings), 1000):
+        await writer.write(device.id, readings[i : i + 1000])
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+async def daily(
+    api: Api, device: RegisteredDevice, start: str, end: str, tz: str
+) -> dict[str, dict[str, float]]:
+    r = await api.client.get(
+        f"/api/v1/devices/{device.id}/telemetry",
+        params={
+            "from": start,
+            "to": end,
+            "interval": "1d",
+            "tz": tz,
+            "agg": "sum,count,min,max,avg,first,last",
+        },
+        headers=device.owner.headers,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["interval"] == "1d"
+    return {row["start"][:10]: row for row in body["series"]["e"]}
+
+
+@pytest.mark.parametrize(
+    ("tz", "start", "end", "lengths"),
+    [
+        # Spring forward on 29 March: a 23-hour day.
+        ("Europe/Berlin", "2026-03-28T00:00:00+01:00", "2026-03-31T00:00:00+02:00", [24, 23, 24]),
+        # Fall back on 25 October: a 25-hour day.
+        ("Europe/Berlin", "2026-10-24T00:00:00+02:00", "2026-10-27T00:00:00+01:00", [24, 25, 24]),
+        # +05:30, no DST.
+        ("Asia/Kolkata", "2026-06-01T00:00:00+05:30", "2026-06-04T00:00:00+05:30", [24, 24, 24]),
+    ],
+)
+async def test_daily_sums_follow_local_days(
+    api: Api, tz: str, start: str, end: str, lengths: list[int]
+) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    zone = ZoneInfo(tz)
+    first, last = ms(start), ms(end)
+    readings = [
+        Reading(ts=t, key="e", value=float(i % 7) + 0.25)
+        for i, t in enumerate(range(first - 6 * HALF_HOUR, last + 6 * HALF_HOUR, HALF_HOUR))
+    ]
+    await store(api, device, readings)
+    # Hand computation, independent of the bucket code: group by the local calendar date.
+    expected: dict[str, list[float]] = defaultdict(list)
+    for r in readings:
+        if first <= r.ts < last:
+            expected[
+                datetime.fromtimestamp(r.ts / 1000, UTC).astimezone(zone).date().isoformat()
+            ].append(r.value)
+    got = await daily(api, device, start, end, tz)
+    assert sorted(got) == sorted(expected)
+    assert [int(got[d]["count"]) for d in sorted(got)] == [h * 2 for h in lengths]
+    for day, values in expected.items():
+        assert got[day]["sum"] == pytest.approx(sum(values))
+        assert got[day]["min"] == min(values)
+        assert got[day]["max"] == max(values)
+        assert got[day]["avg"] == pytest.approx(sum(values) / len(values))
+        assert got[day]["first"] == values[0]
+        assert got[day]["last"] == values[-1]
+        # Buckets start at local midnight.
+        local = datetime.fromtimestamp(got[day]["bucket"] / 1000, UTC).astimezone(zone)
+        assert (local.hour, local.minute) == (0, 0)
+
+
+async def test_fixed_buckets_leave_gaps_and_align_to_the_zone(api: Api) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    base = ms("2026-11-20T10:00:00+05:30")
+    # 10:00-10:59 every minute, nothing 11:00-11:59, then 12:00-12:29.
+    readings = [Reading(ts=base + m * 60_000, key="e", value=float(m)) for m in range(60)]
+    readings += [Reading(ts=base + (120 + m) * 60_000, key="e", value=1.0) for m in range(30)]
+    await store(api, device, readings)
+    r = await api.client.get(
+        f"/api/v1/devices/{device.id}/telemetry",
+        params={"from": str(base), "to": str(base + 3 * 3_600_000), "interval": "15m",
+                "tz": "Asia/Kolkata", "agg": "count,avg"},
+        headers=owner.headers,
+    )  # fmt: skip
+    rows = r.json()["series"]["e"]
+    assert [row["start"][11:16] for row in rows] == [
+        "10:00",
+        "10:15",
+        "10:30",
+        "10:45",
+        "12:00",
+        "12:15",
+    ]
+    assert [row["count"] for row in rows] == [15, 15, 15, 15, 15, 15]
+    assert rows[0]["avg"] == pytest.approx(7.0)
+    assert set(rows[0]) == {"bucket", "start", "count", "avg"}
+
+
+def test_auto_picks_the_coarsest_interval_with_enough_buckets() -> None:
+    hour = 3_600_000
+    assert buckets.pick_auto(0, hour) == "raw"
+    assert buckets.pick_auto(0, 24 * hour) == "1m"
+    assert buckets.pick_auto(0, 7 * 24 * hour) == "15m"
+    assert buckets.pick_auto(0, 30 * 24 * hour) == "1h"
+    assert buckets.pick_auto(0, 365 * 24 * hour) == "6h"
+    assert buckets.pick_auto(0, 3 * 365 * 24 * hour) == "1d"
+
+
+def test_weeks_start_on_monday_and_months_on_the_first() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    weeks = buckets.calendar_buckets(
+        "1w", ms("2026-03-25T12:00:00+01:00"), ms("2026-04-10T00:00:00+02:00"), tz
+    )
+    assert [datetime.fromtimestamp(s / 1000, tz).strftime("%a %d") for s in weeks.starts] == [
+        "Mon 23",
+        "Mon 30",
+        "Mon 06",
+    ]
+    months = buckets.calendar_buckets(
+        "1mo", ms("2026-01-15T00:00:00+01:00"), ms("2026-04-02T00:00:00+02:00"), tz
+    )
+    assert [datetime.fromtimestamp(s / 1000, tz).strftime("%m-%d %H") for s in months.starts] == [
+        "01-01 00",
+        "02-01 00",
+        "03-01 00",
+        "04-01 00",
+    ]
+
+
+async def test_bad_interval_agg_and_tz_are_422(api: Api) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    for params, field in [
+        ({"interval": "2d"}, "interval"),
+        ({"interval": "1h", "agg": "median"}, "agg"),
+        ({"interval": "1d", "tz": "Mars/Olympus"}, "tz"),
+    ]:
+        r = await api.client.get(
+            f"/api/v1/devices/{device.id}/telemetry", params=params, headers=owner.headers
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["field"] == field
