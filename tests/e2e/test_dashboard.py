@@ -73,6 +73,8 @@ async def test_register_add_device_live_value_chart_csv_logout(
     assert "mosquitto_pub" not in await page.content()  # no MQTT in this server: not offered
     await page.get_by_role("link", name="Open Kitchen sensor").click()
     await expect(page.get_by_role("heading", name="Kitchen sensor")).to_be_visible()
+    # The last hour shows raw readings (the default 24 h shows 1-minute buckets).
+    await page.get_by_role("button", name="1h", exact=True).click()
     await page.wait_for_timeout(300)  # the live connection subscribes
 
     sent = time.monotonic()
@@ -92,13 +94,19 @@ async def test_register_add_device_live_value_chart_csv_logout(
         if await canvas_has_drawing(page):
             break
         await page.wait_for_timeout(100)
-    # One reading draws no line: send a second one so the chart has a segment.
+    # Readings spread over the hour (a backfill) give the chart a line across it.
+    now_ms = int(time.time() * 1000)
+    backfill = [
+        {"ts": now_ms - minutes * 60_000, "values": {"temperature": value}}
+        for minutes, value in ((45, 20.0), (30, 21.0), (15, 20.5), (0, 22.5))
+    ]
     await http.post(
         "/api/v1/devices/a4cf12b3c4d5/telemetry",
-        json={"temperature": 22.5},
+        json=backfill,
         headers={"Authorization": f"Bearer {token}"},
     )
     await expect(tile).to_have_text("22.5", timeout=1000)
+    await page.get_by_role("button", name="1h", exact=True).click()  # reload the range
     for _ in range(30):
         if await canvas_has_drawing(page):
             break

@@ -56,7 +56,8 @@
 
   // ---- chart ----------------------------------------------------------------------------
   let range = { from: Date.now() - RANGES["24h"], to: null, live: true };
-  let series = {};  // key -> [[ts, value], ...]
+  let series = {};  // key -> [[ts, value], ...] (raw) or [[ts, avg, min, max, count], ...]
+  let aggregated = null;  // the interval when the chart shows buckets
   let shown = new Set();
   let plot = null;
   const chartEl = document.getElementById("chart");
@@ -64,8 +65,26 @@
 
   async function load() {
     series = {};
-    let cursor = null, total = 0;
+    aggregated = null;
     note.textContent = "Loading…";
+    // Long ranges come as buckets (avg line in a min–max band), short ones as raw readings.
+    const to = range.to || Date.now();
+    const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+    const q = new URLSearchParams({ from: String(Math.floor(range.from)), to: String(Math.floor(to)),
+                                    interval: "auto", agg: "avg,min,max,count", tz });
+    const first = await (await fetch(`/api/v1/devices/${device.id}/telemetry?` + q, { credentials: "same-origin" })).json();
+    if (first.series) {
+      aggregated = first.interval;
+      let buckets = 0;
+      for (const [key, rows] of Object.entries(first.series)) {
+        series[key] = rows.map((r) => [r.bucket, r.avg, r.min, r.max, r.count]);
+        buckets += rows.length;
+      }
+      note.textContent = buckets ? `${buckets.toLocaleString()} buckets of ${aggregated} (average, with min–max band)` : "No readings in this range.";
+      finish();
+      return;
+    }
+    let cursor = null, total = 0;
     do {
       const q = new URLSearchParams({ from: String(Math.floor(range.from)), limit: "10000", order: "asc" });
       if (range.to) q.set("to", String(Math.floor(range.to)));
@@ -76,6 +95,10 @@
       cursor = page.next_cursor;
     } while (cursor && total < MAX_POINTS);
     note.textContent = total ? `${total.toLocaleString()} readings${cursor ? " (first " + MAX_POINTS.toLocaleString() + " shown)" : ""}` : "No readings in this range.";
+    finish();
+  }
+
+  function finish() {
     if (!shown.size) Object.keys(series).forEach((k) => shown.add(k));
     renderKeys();
     draw();
@@ -98,10 +121,12 @@
     const keys = Object.keys(series).filter((k) => shown.has(k)).sort();
     const times = [...new Set(keys.flatMap((k) => series[k].map((p) => p[0])))].sort((a, b) => a - b);
     const index = new Map(times.map((t, i) => [t, i]));
-    const columns = keys.map((k) => {
-      const col = new Array(times.length).fill(null);
-      for (const [t, v] of series[k]) col[index.get(t)] = v;
-      return col;
+    // Raw: one column per key. Aggregated: avg, min, max per key.
+    const width = aggregated ? 3 : 1;
+    const columns = keys.flatMap((k) => {
+      const cols = Array.from({ length: width }, () => new Array(times.length).fill(null));
+      for (const row of series[k]) for (let j = 0; j < width; j++) cols[j][index.get(row[0])] = row[j + 1];
+      return cols;
     });
     return { keys, data: [times.map((t) => t / 1000), ...columns] };
   }
@@ -112,22 +137,34 @@
     if (!window.uPlot) return;
     const dark = matchMedia("(prefers-color-scheme: dark)").matches;
     const axis = { stroke: dark ? "#9aa3b2" : "#5f6672", grid: { stroke: dark ? "#2a2f38" : "#e2e5ea" } };
+    const label = (k) => (units[k] ? `${units[k].label} (${units[k].unit})` : k);
+    const lines = [], bands = [];
+    keys.forEach((k, i) => {
+      const color = COLORS[i % COLORS.length];
+      lines.push({ label: label(k) + (aggregated ? " avg" : ""), stroke: color, width: 1.5, spanGaps: false });
+      if (aggregated) {
+        const base = 1 + i * 3;
+        lines.push({ label: label(k) + " min", stroke: color + "55", width: 1 },
+                   { label: label(k) + " max", stroke: color + "55", width: 1 });
+        bands.push({ series: [base + 2, base + 1], fill: color + "22" });
+      }
+    });
     plot = new uPlot({
       width: chartEl.clientWidth || 600, height: 320,
       cursor: { drag: { x: true, y: false } },  // drag to zoom, double-click to reset
       scales: { x: { time: true } },
       axes: [axis, axis],
-      series: [{}, ...keys.map((k, i) => ({
-        label: units[k] ? `${units[k].label} (${units[k].unit})` : k,
-        stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false,
-      }))],
+      series: [{}, ...lines],
+      bands,
     }, d, chartEl);
   }
 
   function csv() {
-    const rows = ["ts,key,value"];
+    const rows = [aggregated ? "bucket,key,min,avg,max,count" : "ts,key,value"];
     for (const key of Object.keys(series).filter((k) => shown.has(k)).sort())
-      for (const [ts, v] of series[key]) rows.push(`${new Date(ts).toISOString()},${key},${v}`);
+      for (const [ts, v, lo, hi, n] of series[key])
+        rows.push(aggregated ? `${new Date(ts).toISOString()},${key},${lo},${v},${hi},${n}`
+                             : `${new Date(ts).toISOString()},${key},${v}`);
     const a = document.createElement("a");
     a.href = URL.createObjectURL(new Blob([rows.join("\n") + "\n"], { type: "text/csv" }));
     a.download = `${device.id}-${new Date(range.from).toISOString().slice(0, 10)}.csv`;
@@ -149,6 +186,20 @@
   });
   document.getElementById("csv").addEventListener("click", csv);
   addEventListener("resize", () => plot && plot.setSize({ width: chartEl.clientWidth, height: 320 }));
+
+  const WIDTHS = { "1m": 60e3, "5m": 300e3, "15m": 900e3, "1h": 3600e3, "6h": 21600e3, "1d": 86400e3 };
+  // A live reading joins its bucket (the last one, or a new one) in aggregated views.
+  function addToBucket(rows, ts, value) {
+    const width = WIDTHS[aggregated] || 86400e3;
+    const last = rows[rows.length - 1];
+    if (last && ts < last[0] + width) {
+      const [start, avg, lo, hi, n] = last;
+      rows[rows.length - 1] = [start, (avg * n + value) / (n + 1), Math.min(lo, value), Math.max(hi, value), n + 1];
+    } else {
+      const start = last ? last[0] + Math.floor((ts - last[0]) / width) * width : ts - (ts % width);
+      rows.push([start, value, value, value, 1]);
+    }
+  }
 
   // ---- status, history, logs ----------------------------------------------------------------
   function setStatus(event) {
@@ -200,7 +251,7 @@
       updateTile(key, ts, value);
       if (range.live && ts >= range.from) {
         if (!series[key]) { series[key] = []; shown.add(key); renderKeys(); }
-        series[key].push([ts, value]);
+        if (aggregated) addToBucket(series[key], ts, value); else series[key].push([ts, value]);
         added = true;
       }
     }
