@@ -26,6 +26,7 @@ USER_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/devices/{id}/logs", None),
     ("GET", "/api/v1/devices/{id}/status/history", None),
     ("GET", "/api/v1/devices/{id}/events", None),
+    ("GET", "/api/v1/devices/{id}/telemetry.csv", None),
 ]
 # User endpoints that are not about one device: they need a login, nothing more.
 USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [

@@ -163,3 +163,28 @@ async def test_bad_interval_agg_and_tz_are_422(api: Api) -> None:
         )
         assert r.status_code == 422, r.text
         assert r.json()["error"]["field"] == field
+
+
+async def test_csv_export_raw_and_aggregated(api: Api) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    base = ms("2026-11-20T10:00:00+01:00")
+    await store(
+        api, device, [Reading(ts=base + m * 60_000, key="e", value=float(m)) for m in range(30)]
+    )
+    url = f"/api/v1/devices/{device.id}/telemetry.csv"
+    window = {"from": str(base), "to": str(base + 3_600_000), "tz": "Europe/Berlin"}
+    r = await api.client.get(url, params=window, headers=owner.headers)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/csv")
+    lines = r.text.splitlines()
+    assert lines[0] == "ts,key,value"
+    assert lines[1] == "2026-11-20T10:00:00.000+01:00,e,0.0"
+    assert len(lines) == 31
+    r = await api.client.get(url, params={**window, "interval": "15m"}, headers=owner.headers)
+    lines = r.text.splitlines()
+    assert lines[0] == "bucket,key,min,avg,max,count"
+    assert lines[1:] == [
+        "2026-11-20T10:00:00.000+01:00,e,0.0,7.0,14.0,15",
+        "2026-11-20T10:15:00.000+01:00,e,15.0,22.0,29.0,15",
+    ]

@@ -25,6 +25,7 @@ from sensorium.devices.tokens import DeviceTokenCache
 from sensorium.live.bus import make_bus
 from sensorium.live.router import router as live_router
 from sensorium.ratelimit import RateLimiter, make_storage
+from sensorium.telemetry.router import csv_router as telemetry_csv_router
 from sensorium.telemetry.router import router as telemetry_router
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.users.router import router as users_router
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None
     api.include_router(users_router, responses=documented)
     api.include_router(devices_router, responses=documented)
     api.include_router(telemetry_router, responses=documented)
+    api.include_router(telemetry_csv_router, responses=documented)
     api.include_router(live_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
 from sensorium.api.body import read_json_body
 from sensorium.api.deps import ContextDep, CurrentDevice, CurrentUser, SessionDep
@@ -174,3 +176,67 @@ async def history(
         cursor=cursor,
     )
     return PointPage(device_id=device.id, order=order, points=points, next_cursor=next_cursor)
+
+
+csv_router = APIRouter(prefix="/devices/{device_id}", tags=["telemetry"])
+
+
+@csv_router.get(
+    "/telemetry.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV, streamed"}},
+)
+async def history_csv(
+    device_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    ctx: ContextDep,
+    keys: Annotated[str | None, Query(description="Comma-separated keys; all when omitted")] = None,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: Annotated[str | None, Query()] = None,
+    interval: Annotated[str, Query(pattern="^(" + "|".join(buckets.INTERVALS) + ")$")] = "raw",
+    tz: Annotated[str, Query()] = "UTC",
+) -> StreamingResponse:
+    """CSV of the same data as the JSON endpoint: `ts,key,value` for raw readings (streamed
+    with constant memory, any range) or `bucket,key,min,avg,max,count` per bucket. Times
+    are ISO-8601 in `tz`."""
+    device = await get_device(session, owner=user, device_id=device_id)
+    zone = buckets.zone(tz)
+    key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    from_ms, to_ms = _parse_time(from_, "from"), _parse_time(to, "to")
+    filename = f"{device.id}.csv"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if interval != "raw":
+        end = to_ms if to_ms is not None else epoch_ms()
+        start = from_ms if from_ms is not None else end - 86_400_000
+        resolved = buckets.pick_auto(start, end) if interval == "auto" else interval
+        if resolved != "raw":
+            series = await service.aggregate(
+                session, device_id=device.id, keys=key_list, from_ms=start, to_ms=end,
+                interval=resolved, aggs=["min", "avg", "max", "count"], tz=zone,
+            )  # fmt: skip
+
+            def rows() -> Iterator[bytes]:
+                yield b"bucket,key,min,avg,max,count\n"
+                for key, series_rows in sorted(series.items()):
+                    for r in series_rows:
+                        yield (
+                            f"{buckets.iso(int(r['bucket']), zone)},{key},{r['min']},"
+                            f"{r['avg']},{r['max']},{r['count']}\n"
+                        ).encode()
+
+            return StreamingResponse(rows(), media_type="text/csv", headers=headers)
+        from_ms, to_ms = start, end
+    await session.close()
+
+    async def raw_rows() -> AsyncIterator[bytes]:
+        yield b"ts,key,value\n"
+        async with ctx.sessions() as stream_session:
+            async for chunk in service.stream_points(
+                stream_session, device_id=device.id, keys=key_list, from_ms=from_ms, to_ms=to_ms
+            ):
+                yield "".join(
+                    f"{buckets.iso(ts, zone)},{key},{value}\n" for ts, key, value in chunk
+                ).encode()
+
+    return StreamingResponse(raw_rows(), media_type="text/csv", headers=headers)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, ColumnElement, func, literal, select, tuple_
+from sqlalchemy import BigInteger, ColumnElement, Select, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.errors import Invalid
@@ -44,6 +44,42 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         raise Invalid("cursor is not valid", field="cursor", code="invalid_cursor") from None
 
 
+def raw_query(
+    *, device_id: str, keys: Sequence[str] | None, from_ms: int | None, to_ms: int | None
+) -> Select[int, int, str, float]:
+    """Raw points of a device as (ts, key_id, key, value), `from_ms` inclusive."""
+    query = (
+        select(Point.ts, Point.key_id, TelemetryKey.name, Point.value)
+        .join(TelemetryKey, TelemetryKey.id == Point.key_id)
+        .where(Point.device == mac_to_int(device_id))
+    )
+    if keys:
+        query = query.where(TelemetryKey.name.in_(keys))
+    if from_ms is not None:
+        query = query.where(Point.ts >= from_ms)
+    if to_ms is not None:
+        query = query.where(Point.ts < to_ms)
+    return query
+
+
+async def stream_points(
+    session: AsyncSession,
+    *,
+    device_id: str,
+    keys: Sequence[str] | None,
+    from_ms: int | None,
+    to_ms: int | None,
+) -> AsyncIterator[list[tuple[int, str, float]]]:
+    """Every raw point in time order, in chunks, through a server-side cursor: memory stays
+    flat however long the range."""
+    query = raw_query(device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms).order_by(
+        Point.ts, Point.key_id
+    )
+    result = await session.stream(query.execution_options(yield_per=5000))
+    async for chunk in result.partitions():
+        yield [(ts, name, value) for ts, _key_id, name, value in chunk]
+
+
 async def query_points(
     session: AsyncSession,
     *,
@@ -60,17 +96,7 @@ async def query_points(
         raise Invalid(f"limit must be 1..{MAX_PAGE}", field="limit", code="invalid_limit")
     if from_ms is not None and to_ms is not None and from_ms > to_ms:
         raise Invalid("from must not be after to", field="from", code="invalid_range")
-    query = (
-        select(Point.ts, Point.key_id, TelemetryKey.name, Point.value)
-        .join(TelemetryKey, TelemetryKey.id == Point.key_id)
-        .where(Point.device == mac_to_int(device_id))
-    )
-    if keys:
-        query = query.where(TelemetryKey.name.in_(keys))
-    if from_ms is not None:
-        query = query.where(Point.ts >= from_ms)
-    if to_ms is not None:
-        query = query.where(Point.ts < to_ms)
+    query = raw_query(device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms)
     position = tuple_(Point.ts, Point.key_id)
     if cursor:
         after = tuple_(*decode_cursor(cursor))
