@@ -193,7 +193,9 @@ def serve(
         console.rule()
         try:
             server = uvicorn.Server(
-                _uvicorn_config(create_app(settings, broker=address), settings, host, port)
+                _uvicorn_config(
+                    create_app(settings, broker=address, embedded=embedded), settings, host, port
+                )
             )
             await server.serve()
         finally:

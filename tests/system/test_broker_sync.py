@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import select, update
 
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker import dynsec
-from sensorium.broker.service import Outbox, reconcile
+from sensorium.broker.admin import DynsecError
+from sensorium.broker.models import BrokerChange
+from sensorium.broker.service import Outbox, deliver, reconcile
 from sensorium.config import Settings
-from sensorium.db import utcnow
+from sensorium.db import create_engine, session_factory, utcnow
 from sensorium.devices.models import DeviceCredential
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.helpers import Api
@@ -73,3 +76,37 @@ async def test_sync_repairs_drift(
         client = await admin.get_client(gone.id)
         assert client is not None
         assert client.get("disabled") is not True
+
+
+async def test_outbox_delivers_in_order_and_stops_at_a_failure(
+    settings: Settings, broker: EmbeddedBroker
+) -> None:
+    assert broker.address is not None
+    (admin_user, admin_pw), _ = settings.mqtt_credentials()
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    outbox = Outbox(settings.resolved_secret_key())
+    try:
+        async with sessions() as session, session.begin():
+            for i in range(150):  # bulk registration: one control message, not 150
+                await outbox.device_created(session, f"0200000001{i:02x}", f"token-{i}")
+            await outbox.device_disabled(session, "02000000ffff")  # no such client: fails
+            await outbox.device_created(session, "0200000002aa", "token-late")
+        async with dynsec_admin.connect(
+            broker.address.host, broker.address.port, username=admin_user, password=admin_pw
+        ) as admin:
+            with pytest.raises(DynsecError, match="Client not found"):
+                await deliver(sessions, admin, outbox)
+            async with sessions() as session:
+                left = list(await session.scalars(select(BrokerChange).order_by(BrokerChange.id)))
+            assert [c.device_id for c in left] == ["02000000ffff", "0200000002aa"]
+            assert left[0].attempts == 1
+            assert "Client not found" in (left[0].last_error or "")
+            assert await admin.get_client("020000000195") is not None
+            # The operator removes the impossible change: delivery resumes in order.
+            async with sessions() as session, session.begin():
+                await session.delete(await session.get(BrokerChange, left[0].id))
+            assert await deliver(sessions, admin, outbox) == 1
+            assert await admin.get_client("0200000002aa") is not None
+    finally:
+        await engine.dispose()

@@ -141,3 +141,17 @@ def test_serve_alone_takes_mqtt_from_a_registered_device(serve: Serve) -> None:
                 break
         assert "humidity" in _latest(client, device_id, headers)
         assert child not in _children(serve.proc.pid)
+
+    # SIGTERM (how service managers stop it) stops the broker child with the server.
+    [restarted] = [
+        p
+        for p in _children(serve.proc.pid)
+        if "mosquitto" in Path(f"/proc/{p}/cmdline").read_text()
+    ]
+    serve.proc.send_signal(signal.SIGTERM)
+    serve.proc.wait(timeout=20)
+    for _ in range(50):
+        if not Path(f"/proc/{restarted}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{restarted}").exists()

@@ -33,7 +33,7 @@ from sensorium.users.security import Auth
 from sensorium.web.router import HERE as WEB_DIR
 from sensorium.web.router import LoginRequired
 from sensorium.web.router import router as web_router
-from sensorium.worker.runtime import BrokerAddress, MqttServices
+from sensorium.worker.runtime import BrokerAddress, EmbeddedBroker, MqttServices
 
 API_PREFIX = "/api/v1"
 
@@ -65,7 +65,12 @@ def build_context(settings: Settings) -> AppContext:
     )
 
 
-def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    broker: BrokerAddress | None = None,
+    embedded: EmbeddedBroker | None = None,
+) -> FastAPI:
     """The API. With `broker`, this process also runs MQTT ingest, provisioning and the
     scheduler (`sensorium serve`); with only SENSORIUM_MQTT_URL set, it records broker
     changes for the worker to apply (`sensorium api` next to `sensorium worker`)."""
@@ -90,6 +95,10 @@ def create_app(settings: Settings | None = None, *, broker: BrokerAddress | None
         finally:
             if mqtt is not None:
                 await mqtt.stop()
+            # Stopped here, not only by whoever started it: uvicorn re-raises SIGTERM once
+            # the app has shut down, which ends the process before code after serve() runs.
+            if embedded is not None:
+                await embedded.stop()
             await ctx.writer.stop()
             await ctx.bus.stop()
             await ctx.engine.dispose()

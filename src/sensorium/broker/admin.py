@@ -87,6 +87,24 @@ class DynsecAdmin:
         With `tolerate`, "already exists"/"not found" answers count as success, so a
         command list can be re-applied safely (the outbox and `broker sync` rely on it).
         """
+        responses = await self.run(commands)
+        for response in responses:
+            failure = self.failure(response, tolerate=tolerate)
+            if failure is not None:
+                raise failure
+        return responses
+
+    @staticmethod
+    def failure(response: dict[str, Any], *, tolerate: bool = True) -> DynsecError | None:
+        error = response.get("error")
+        if error and not (tolerate and BENIGN_ERRORS.get(response["command"]) == error):
+            return DynsecError(response["command"], error)
+        return None
+
+    async def run(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
+        """Send commands in one control message; their responses, in order, errors included.
+        (Mosquitto saves its dynsec file once per message: batching keeps bulk changes fast.)
+        """
         loop = asyncio.get_running_loop()
         futures = []
         batch = []
@@ -97,12 +115,7 @@ class DynsecAdmin:
             futures.append(future)
             batch.append({**command, "correlationData": key})
         await self._client.publish(CONTROL_TOPIC, orjson.dumps({"commands": batch}), qos=1)
-        responses = list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s))
-        for response in responses:
-            error = response.get("error")
-            if error and not (tolerate and BENIGN_ERRORS.get(response["command"]) == error):
-                raise DynsecError(response["command"], error)
-        return responses
+        return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s))
 
     async def list_clients(self) -> list[str]:
         [response] = await self.execute([{"command": "listClients", "verbose": False, "count": -1}])

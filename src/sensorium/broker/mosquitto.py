@@ -9,12 +9,14 @@ persistent-session expiry left to the clients.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +182,14 @@ def write_broker_files(
     return files
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM when the server dies, however it
+    dies (kill -9 included), so no orphaned broker keeps the port."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class MosquittoSupervisor:
     """Runs Mosquitto as a child process, restarts it when it dies, stops it on shutdown."""
 
@@ -237,6 +247,7 @@ class MosquittoSupervisor:
             str(self.config),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         log.info("mosquitto started (pid %s) on %s:%s", process.pid, self.host, self.port)
         return process

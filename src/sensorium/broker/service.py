@@ -120,15 +120,33 @@ async def deliver(
             )
             if not changes:
                 return applied
+            # All of them in one control message; then match responses back to changes.
+            planned: list[tuple[BrokerChange, int, int]] = []
+            commands: list[dynsec.Command] = []
             for change in changes:
                 try:
-                    await admin.execute(outbox.commands(change))
+                    mine = outbox.commands(change)
                 except ValueError as exc:  # a change that can never apply: drop it, loudly
                     log.error("dropping broker change %s: %s", change.id, exc)
-                except Exception as exc:
+                    mine = []
+                planned.append((change, len(commands), len(commands) + len(mine)))
+                commands.extend(mine)
+            try:
+                responses = await admin.run(commands) if commands else []
+            except Exception as exc:
+                changes[0].attempts += 1
+                changes[0].last_error = str(exc)[:500]
+                failure = exc
+                break
+            for change, start, end in planned:
+                problems = [admin.failure(r) for r in responses[start:end]]
+                first = next((p for p in problems if p is not None), None)
+                if first is not None:
+                    # Later changes (maybe to the same device) must not overtake this one;
+                    # those already applied in this message are harmless to apply again.
                     change.attempts += 1
-                    change.last_error = str(exc)[:500]
-                    failure = exc
+                    change.last_error = str(first)[:500]
+                    failure = first
                     break
                 await session.delete(change)
                 applied += 1

@@ -278,7 +278,20 @@ async def record_status(
     if device is None:
         raise _not_found(device_id)
     now_ms = now_ms if now_ms is not None else epoch_ms()
-    was_online = effective_status(device, now_ms=now_ms) == "online"
+    online = report.online is not False
+    new_status = "online" if online else "offline"
+    # The transition is decided by one conditional UPDATE, not by what was read above: the
+    # batch writer may mark the device online concurrently (SQLite has no row locks), and
+    # each transition must be recorded exactly once.
+    changed = await session.execute(
+        update(Device)
+        .where(Device.id == device_id, Device.status != new_status)
+        .values(status=new_status)
+        .returning(Device.id)
+    )
+    if changed.first() is not None:
+        session.add(DeviceStatusEvent(device_id=device_id, ts=now_ms, online=online, reason=reason))
+    await session.refresh(device)
     if report.fw is not None:
         device.firmware_version = report.fw
     if report.interval_s is not None:
@@ -289,18 +302,13 @@ async def record_status(
         if value is not None:
             info[field] = value
     device.info = info
-    online = report.online is not False
     if online:
-        device.status = "online"
         device.last_seen = utcnow()
         device.offline_at_ms = offline_deadline_ms(
             now_ms=now_ms, interval_s=device.interval_s, offline_after_s=offline_after_s
         )
     else:
-        device.status = "offline"
         device.offline_at_ms = now_ms
-    if online != was_online:
-        session.add(DeviceStatusEvent(device_id=device_id, ts=now_ms, online=online, reason=reason))
     await session.flush()
     return device
 

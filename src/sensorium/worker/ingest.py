@@ -102,6 +102,8 @@ class MqttIngest:
         self._rejects = RejectLog()
         self._retries: set[asyncio.Task[None]] = set()
         self._last_message_at = 0.0
+        # Each device's latest telemetry write, which its status/log messages wait for.
+        self._pending_writes: dict[str, asyncio.Future[int]] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -283,11 +285,14 @@ class MqttIngest:
 
     def _submit(self, device_id: str, readings: Sequence[Reading], entry: Any) -> None:
         future = self._writer.submit(device_id, readings)
+        self._pending_writes[device_id] = future
         future.add_done_callback(lambda f: self._written(f, device_id, readings, entry))
 
     def _written(
         self, future: asyncio.Future[int], device_id: str, readings: Sequence[Reading], entry: Any
     ) -> None:
+        if self._pending_writes.get(device_id) is future:
+            del self._pending_writes[device_id]
         if future.cancelled():
             return
         exc = future.exception()
@@ -315,6 +320,11 @@ class MqttIngest:
             message, entry = item
             parsed = parse_uplink_topic(message.topic)
             assert parsed is not None
+            # Keep each device's messages in order: a last will published after a reading
+            # must not be stored before it (the reading would turn the device online again).
+            earlier = self._pending_writes.get(parsed.device_id)
+            if earlier is not None and not earlier.done():
+                await asyncio.wait([earlier])
             try:
                 if parsed.kind == KIND_STATUS:
                     await self._store_status(parsed.device_id, bytes(message.payload))
