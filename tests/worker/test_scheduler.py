@@ -7,6 +7,7 @@ import time
 from sqlalchemy import update
 
 from sensorium.devices.models import Device
+from sensorium.protocol import Reading
 from sensorium.worker.scheduler import Scheduler
 from tests.helpers import Api
 
@@ -36,3 +37,23 @@ async def test_silent_devices_go_offline_once(api: Api) -> None:
     r = await api.client.get(f"/api/v1/devices/{silent.id}/status/history", headers=owner.headers)
     newest = r.json()[0]
     assert (newest["online"], newest["reason"]) == (True, "data")
+
+
+async def test_retention_deletes_only_raw_points_older_than_the_window(api: Api) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    writer = api.client.app.state.ctx.writer  # type: ignore[attr-defined]
+    await writer.write(
+        device.id, [Reading(ts=now - d * day, key="t", value=float(d)) for d in range(0, 100, 3)]
+    )
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    scheduler = Scheduler(sessions, retention_days=30)
+    deleted = await scheduler.apply_retention()
+    assert deleted == len(range(30, 100, 3))
+    r = await api.client.get(
+        f"/api/v1/devices/{device.id}/telemetry", params={"limit": 1000}, headers=owner.headers
+    )
+    assert sorted(p["value"] for p in r.json()["points"]) == [float(d) for d in range(0, 30, 3)]
+    assert await scheduler.apply_retention() == 0

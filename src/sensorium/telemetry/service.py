@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, ColumnElement, Select, func, literal, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import BigInteger, ColumnElement, Select, delete, func, literal, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.errors import Invalid
 from sensorium.protocol import mac_to_int
@@ -239,3 +239,22 @@ async def _first_last(
                 row["first"] = found[(key_id, first_ts)]
             if "last" in aggs:
                 row["last"] = found[(key_id, last_ts)]
+
+
+RETENTION_SLICE_MS = 6 * 3_600_000
+
+
+async def apply_retention(sessions: async_sessionmaker[AsyncSession], *, older_than_ms: int) -> int:
+    """Delete raw points older than the cutoff, a time slice per transaction so no single
+    transaction grows with the backlog; returns how many were deleted."""
+    async with sessions() as session:
+        oldest = await session.scalar(select(func.min(Point.ts)))
+    deleted = 0
+    start = oldest
+    while start is not None and start < older_than_ms:
+        end = min(start + RETENTION_SLICE_MS, older_than_ms)
+        async with sessions() as session, session.begin():
+            result = await session.execute(delete(Point).where(Point.ts < end))
+            deleted += int(getattr(result, "rowcount", 0) or 0)
+        start = end
+    return deleted

@@ -117,7 +117,9 @@ class MqttServices:
                 shared=shared,
                 bus=bus,
             )
-            self.scheduler = Scheduler(sessions, bus=bus)
+            self.scheduler = Scheduler(
+                sessions, retention_days=settings.raw_retention_days, bus=bus
+            )
 
     async def start(self) -> None:
         await self.provisioner.start()

@@ -11,6 +11,7 @@ from sensorium.aio import cancel_and_wait
 from sensorium.db import epoch_ms
 from sensorium.devices.service import mark_silent_devices_offline
 from sensorium.live.bus import LiveBus, status_event
+from sensorium.telemetry import service as telemetry
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,16 @@ class Scheduler:
         sessions: async_sessionmaker[AsyncSession],
         *,
         offline_check_s: float = 1.0,
+        retention_days: int | None = None,
+        retention_every_s: float = 3600.0,
         bus: LiveBus | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
         self._offline_check_s = offline_check_s
+        self._retention_days = retention_days
+        self._retention_every_s = retention_every_s
+        self._retention_due = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -48,10 +54,28 @@ class Scheduler:
                     )
         return silent
 
+    async def apply_retention(self) -> int:
+        """Raw points older than the retention window are deleted (rollups, later, stay)."""
+        if self._retention_days is None:
+            return 0
+        cutoff = epoch_ms() - self._retention_days * 86_400_000
+        deleted = await telemetry.apply_retention(self._sessions, older_than_ms=cutoff)
+        if deleted:
+            log.info(
+                "retention: deleted %d raw readings older than %d days",
+                deleted,
+                self._retention_days,
+            )
+        return deleted
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.run_once()
+                if loop.time() >= self._retention_due:
+                    self._retention_due = loop.time() + self._retention_every_s
+                    await self.apply_retention()
             except asyncio.CancelledError:
                 raise
             except Exception:
