@@ -188,3 +188,29 @@ async def test_csv_export_raw_and_aggregated(api: Api) -> None:
         "2026-11-20T10:00:00.000+01:00,e,0.0,7.0,14.0,15",
         "2026-11-20T10:15:00.000+01:00,e,15.0,22.0,29.0,15",
     ]
+
+
+async def test_delta_sums_counter_increases_across_resets_per_local_day(api: Api) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    hour = 3_600_000
+    start = ms("2026-10-24T00:00:00+02:00")
+    # kWh counter: +0.5 per hour, reset to 0 at 2026-10-25 12:00 local (a reboot).
+    readings: list[Reading] = []
+    value = 100.0
+    t = start - hour  # the reading before the range anchors the first increase
+    while t < ms("2026-10-27T00:00:00+01:00"):
+        readings.append(Reading(ts=t, key="energy", value=value))
+        t += hour
+        value = 0.5 if t == ms("2026-10-25T12:00:00+01:00") else value + 0.5
+    await store(api, device, readings)
+    r = await api.client.get(
+        f"/api/v1/devices/{device.id}/telemetry",
+        params={"from": str(start), "to": str(ms("2026-10-27T00:00:00+01:00")), "interval": "1d",
+                "tz": "Europe/Berlin", "agg": "delta"},
+        headers=owner.headers,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    days = {row["start"][:10]: row["delta"] for row in r.json()["series"]["energy"]}
+    # 24 hourly increases, 25 on the long day, each 0.5 kWh (the reset hour included).
+    assert days == {"2026-10-24": 12.0, "2026-10-25": 12.5, "2026-10-26": 12.0}

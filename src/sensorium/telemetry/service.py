@@ -114,7 +114,7 @@ async def query_points(
     return points, next_cursor
 
 
-AGGREGATES = ("avg", "min", "max", "sum", "count", "first", "last")
+AGGREGATES = ("avg", "min", "max", "sum", "count", "first", "last", "delta")
 
 
 # Every UTC offset in use is a multiple of 15 minutes, so 15-minute sums combine exactly into
@@ -182,7 +182,53 @@ async def aggregate(
     if {"first", "last"} & set(aggs) and merged:
         edges = {k: (s.first_ts, s.last_ts) for k, s in merged.items()}
         await _first_last(session, mac_to_int(device_id), edges, names, out, aggs)
+    if "delta" in aggs and merged:
+        await _deltas(session, device_id, plan, from_ms, to_ms, names, out)
     return out
+
+
+async def _deltas(
+    session: AsyncSession,
+    device_id: str,
+    plan: buckets.Buckets,
+    from_ms: int,
+    to_ms: int,
+    names: dict[int, str],
+    out: dict[str, list[dict[str, float | int]]],
+) -> None:
+    """Consumption of a monotonically increasing counter (energy kWh) per bucket: the sum
+    of its increases, each counted in the bucket of its later reading. A drop is a reset
+    (the device rebooted): the new value is what accrued since. The reading just before
+    the range anchors the first increase."""
+    start = max(from_ms, plan.starts[0])
+    end = min(to_ms, plan.end)
+    device = mac_to_int(device_id)
+    by_name = {v: k for k, v in names.items()}
+    for name, rows in out.items():
+        key_id = by_name[name]
+        previous = await session.scalar(
+            select(Point.value)
+            .where(Point.device == device, Point.key_id == key_id, Point.ts < start)
+            .order_by(Point.ts.desc())
+            .limit(1)
+        )
+        delta: dict[int, float] = {}
+        result = await session.stream(
+            select(Point.ts, Point.value)
+            .where(
+                Point.device == device, Point.key_id == key_id, Point.ts >= start, Point.ts < end
+            )
+            .order_by(Point.ts)
+            .execution_options(yield_per=10_000)
+        )
+        async for ts, value in result:
+            if previous is not None:
+                bucket = plan.starts[bisect_right(plan.starts, ts) - 1]
+                step = value - previous if value >= previous else value
+                delta[bucket] = delta.get(bucket, 0.0) + step
+            previous = value
+        for row in rows:
+            row["delta"] = delta.get(int(row["bucket"]), 0.0)
 
 
 @dataclass(slots=True)
