@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import signal
 import socket
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium import __version__, migrate
+from sensorium.aio import cancel_and_wait
 from sensorium.api.app import create_app
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker.endpoint import parse_mqtt_url
@@ -160,6 +162,9 @@ def serve(
         bool, typer.Option("--mqtt/--no-mqtt", help="Run MQTT (a supervised Mosquitto child)")
     ] = True,
     demo: Annotated[bool, typer.Option(help="Create a demo login and print it")] = False,
+    fleet: Annotated[
+        int, typer.Option(min=0, help="With --demo: simulated devices sending data (MQTT)")
+    ] = 12,
 ) -> None:
     """Run all of Sensorium in one process: API, dashboard, MQTT ingest, a Mosquitto child."""
     settings = _settings()
@@ -191,14 +196,20 @@ def serve(
         if password is not None:
             console.print(f"demo login:        [bold]{DEMO_USER}[/] / [bold]{password}[/]")
         console.rule()
+        demo_fleet: asyncio.Task[None] | None = None
         try:
             server = uvicorn.Server(
                 _uvicorn_config(
                     create_app(settings, broker=address, embedded=embedded), settings, host, port
                 )
             )
+            if password is not None and address is not None and fleet:
+                demo_fleet = asyncio.create_task(
+                    _demo_fleet(server, settings, f"http://{host}:{port}", address, password, fleet)
+                )
             await server.serve()
         finally:
+            await cancel_and_wait(demo_fleet)
             if embedded is not None:
                 await embedded.stop()
 
@@ -207,6 +218,45 @@ def serve(
     except BrokerUnavailable as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+
+
+async def _demo_fleet(
+    server: uvicorn.Server,
+    settings: Settings,
+    api_url: str,
+    broker: BrokerAddress,
+    password: str,
+    count: int,
+) -> None:
+    """A small mixed fleet for the demo login, so the dashboard is alive on first open.
+    Registered once; later runs reuse data/demo-devices.json."""
+    from sensorium.simulator.fleet import FleetConfig
+    from sensorium.simulator.runner import SimulateOptions, local_utc_offset_s, simulate
+
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.1)
+    devices_file = settings.data_dir / "demo-devices.json"
+    reuse = devices_file.exists()
+    options = SimulateOptions(
+        devices=count,
+        transport="mqtt",
+        profile="mixed",
+        config=FleetConfig(interval_s=5.0, seed=7, utc_offset_s=local_utc_offset_s()),
+        register=not reuse,
+        api_url=api_url,
+        mqtt_url=f"mqtt://{broker.host}:{broker.port}",
+        username=DEMO_USER,
+        password=password,
+        from_file=devices_file if reuse else None,
+        out=devices_file,
+    )
+    quiet = Console(file=io.StringIO())
+    try:
+        await simulate(options, quiet)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        err.print(f"[yellow]demo fleet stopped:[/] {exc}")
 
 
 @app.command()
