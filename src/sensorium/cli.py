@@ -249,6 +249,7 @@ async def _demo_fleet(
         password=password,
         from_file=devices_file if reuse else None,
         out=devices_file,
+        handle_signals=False,  # the server owns SIGINT/SIGTERM and stops the fleet
     )
     quiet = Console(file=io.StringIO())
     try:

@@ -56,6 +56,7 @@ class SimulateOptions:
     password: str | None = None
     from_file: Path | None = None
     out: Path | None = None
+    handle_signals: bool = True
 
 
 class SimulateError(RuntimeError):
@@ -129,7 +130,12 @@ async def simulate(options: SimulateOptions, console: Console) -> Summary:
         mqtt_port=port,
         api_url=devices.api_url,
     )
-    summary = await run_fleet(fleet, duration_s=options.duration_s, console=console)
+    summary = await run_fleet(
+        fleet,
+        duration_s=options.duration_s,
+        console=console,
+        handle_signals=options.handle_signals,
+    )
     print_summary(summary, console)
     return summary
 
@@ -288,8 +294,11 @@ class Summary:
     cpu_s: float = 0.0
 
 
-async def run_fleet(fleet: Fleet, *, duration_s: float | None, console: Console) -> Summary:
-    """Run `fleet` until `duration_s` passes or SIGINT/SIGTERM, showing progress."""
+async def run_fleet(
+    fleet: Fleet, *, duration_s: float | None, console: Console, handle_signals: bool = True
+) -> Summary:
+    """Run `fleet` until `duration_s` passes or SIGINT/SIGTERM (when `handle_signals`;
+    inside another program, e.g. `serve --demo`, its owner stops it), showing progress."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     interrupted = False
@@ -303,7 +312,7 @@ async def run_fleet(fleet: Fleet, *, duration_s: float | None, console: Console)
         stop.set()
 
     installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM) if handle_signals else ():
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
