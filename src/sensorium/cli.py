@@ -147,7 +147,12 @@ def _banner(settings: Settings, host: str, port: int) -> str:
 
 def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, log_level=settings.log_level, proxy_headers=True
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        access_log=settings.access_log,
     )
 
 
@@ -280,6 +285,7 @@ def api(
         workers=workers,
         log_level=settings.log_level,
         proxy_headers=True,
+        access_log=settings.access_log,
     )
 
 

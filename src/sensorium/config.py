@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # One log line per HTTP request; off by default (/metrics counts requests), it costs
+    # ~10 % of the CPU of a small request.
+    access_log: bool = False
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

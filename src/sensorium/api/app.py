@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -88,6 +89,10 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctx.bus.start()
         await ctx.writer.start()
+        # Everything built so far lives as long as the process: keep it out of the cyclic
+        # collector, whose full passes over it stalled every request for ~50 ms.
+        gc.collect()
+        gc.freeze()
         if mqtt is not None:
             await mqtt.start()
         try:

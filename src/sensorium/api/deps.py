@@ -19,7 +19,8 @@ from sensorium.users.models import User
 from sensorium.users.security import hash_token
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
+    # async: FastAPI runs plain-function dependencies in a thread pool, a hop per request.
     ctx: AppContext = request.app.state.ctx
     return ctx
 
