@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sensorium.config import Settings
 from sensorium.worker.runtime import BrokerAddress, EmbeddedBroker
 from tests.conftest import IN_CI
-from tests.helpers import Api, running_client
+from tests.helpers import Api, RegisteredDevice, running_client
 
 
 @pytest.fixture
@@ -43,6 +43,14 @@ async def provisioned(api: Api) -> None:
     """Until the broker has every account change made so far."""
     provisioner = api.client.app.state.ctx.provisioner  # type: ignore[attr-defined]
     await provisioner.wait_idle()
+
+
+async def registered(api: Api, count: int = 1) -> list[RegisteredDevice]:
+    """`count` devices of a new account, their broker accounts already created."""
+    owner = await api.account()
+    devices = [await api.device(owner) for _ in range(count)]
+    await provisioned(api)
+    return devices
 
 
 @dataclass

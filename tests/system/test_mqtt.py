@@ -13,7 +13,7 @@ import pytest
 
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.helpers import Api, RegisteredDevice
-from tests.system.conftest import Device, point_values, provisioned, wait_for
+from tests.system.conftest import Device, point_values, provisioned, registered, wait_for
 
 pytestmark = pytest.mark.usefixtures("devices")
 
@@ -35,9 +35,7 @@ async def history(api: Api, device: RegisteredDevice) -> list[float]:
 async def test_registered_device_connects_and_its_points_arrive(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
     device = connect(broker, devices, reg.id, reg.token)
     assert device.connack is not None
     assert not device.connack.is_failure
@@ -57,9 +55,7 @@ async def _count(api: Api, reg: RegisteredDevice, n: int) -> bool:
 async def test_wrong_password_is_refused(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
     device = connect(broker, devices, reg.id, reg.token + "x")
     assert device.connack is not None
     assert device.connack.value in (0x86, 0x87)  # bad user name or password / not authorized
@@ -71,9 +67,8 @@ async def test_wrong_password_is_refused(
 async def test_revoked_device_is_disconnected_and_refused(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
+    owner = reg.owner
     device = connect(broker, devices, reg.id, reg.token)
     assert device.connected.is_set()
     r = await mqtt_api.client.post(f"/api/v1/devices/{reg.id}/token/revoke", headers=owner.headers)
@@ -92,9 +87,8 @@ async def _flag(value: bool) -> bool:
 async def test_rotation_kicks_the_old_token_and_the_new_one_works(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
+    owner = reg.owner
     old = connect(broker, devices, reg.id, reg.token)
     assert old.connected.is_set()
     r = await mqtt_api.client.post(f"/api/v1/devices/{reg.id}/token/rotate", headers=owner.headers)
@@ -109,10 +103,7 @@ async def test_rotation_kicks_the_old_token_and_the_new_one_works(
 async def test_the_broker_stops_cross_device_publishes(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    a = await mqtt_api.device(owner)
-    b = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    a, b = await registered(mqtt_api, 2)
     device_a = connect(broker, devices, a.id, a.token)
     reason = device_a.publish("telemetry", b'{"t": 1}', device_id=b.id)
     assert reason.value == 0x87  # not authorized (MQTT 5 PUBACK)
@@ -127,10 +118,7 @@ async def test_the_broker_stops_cross_device_publishes(
 async def test_a_device_cannot_subscribe_to_another_devices_downlink(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    a = await mqtt_api.device(owner)
-    b = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    a, b = await registered(mqtt_api, 2)
     device_a = connect(broker, devices, a.id, a.token)
     for topic in (f"devices/{b.id}/commands", f"devices/{b.id}/#", "devices/+/commands", "#"):
         assert all(r.is_failure for r in device_a.subscribe(topic)), topic
@@ -156,9 +144,8 @@ async def test_bad_messages_are_dropped_counted_and_the_next_good_one_arrives(
     payload: bytes,
     reason: str,
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
+    owner = reg.owner
     device = connect(broker, devices, reg.id, reg.token)
     before = await _rejected(mqtt_api, reason)
     device.publish(kind, payload)
@@ -185,9 +172,8 @@ async def _more_rejected(api: Api, reason: str, before: float) -> bool:
 async def test_status_and_logs_are_stored(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
+    owner = reg.owner
     device = connect(broker, devices, reg.id, reg.token)
     device.publish("status", b'{"online": true, "fw": "1.3.0", "rssi": -58, "uptime_s": 12}')
     device.publish("logs", b'{"level": "warn", "msg": "DHT22 read failed"}')
@@ -211,9 +197,8 @@ async def test_status_and_logs_are_stored(
 async def test_last_will_turns_a_dropped_device_offline(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
+    owner = reg.owner
     device = connect(broker, devices, reg.id, reg.token, keepalive=1, will=b'{"online": false}')
     device.publish("status", b'{"online": true}')
 
@@ -255,9 +240,8 @@ async def _equals(value: Awaitable[str], expected: str) -> bool:
 async def test_deleting_a_device_deletes_its_broker_account(
     mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
 ) -> None:
-    owner = await mqtt_api.account()
-    reg = await mqtt_api.device(owner)
-    await provisioned(mqtt_api)
+    [reg] = await registered(mqtt_api)
+    owner = reg.owner
     device = connect(broker, devices, reg.id, reg.token)
     assert device.connected.is_set()
     assert (
