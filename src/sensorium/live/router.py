@@ -44,17 +44,17 @@ async def _snapshot(ctx: AppContext, user_id: int, device_ids: set[str]) -> list
     now = epoch_ms()
     events: list[Event] = []
     async with ctx.sessions() as session:
-        rows = await session.scalars(
-            select(Device).where(Device.owner_id == user_id, Device.id.in_(device_ids))
+        rows = list(
+            await session.scalars(
+                select(Device).where(Device.owner_id == user_id, Device.id.in_(device_ids))
+            )
         )
+        latest = await telemetry.latest_many(session, device_ids=[d.id for d in rows])
         for device in rows:
             events.append(devices.live_status(device, reason="snapshot", now_ms=now))
-            latest = await telemetry.latest(session, device_id=device.id)
-            if latest:
-                values = {k: [p.ts, p.value] for k, p in latest.items()}
-                events.append(
-                    Event("telemetry", device.id, {"values": values, "snapshot": True}, now)
-                )
+            if latest[device.id]:
+                data = {"values": latest[device.id], "snapshot": True}
+                events.append(Event("telemetry", device.id, data, now))
     return events
 
 

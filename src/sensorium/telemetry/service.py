@@ -31,6 +31,25 @@ async def latest(session: AsyncSession, *, device_id: str) -> dict[str, PointPub
     return {name: PointPublic(key=name, ts=ts, value=value) for name, ts, value in rows}
 
 
+async def latest_many(
+    session: AsyncSession, *, device_ids: Sequence[str]
+) -> dict[str, dict[str, list[float | int]]]:
+    """`{device_id: {key: [ts, value]}}` for many devices in one query (fleet pages)."""
+    by_number = {mac_to_int(d): d for d in device_ids}
+    out: dict[str, dict[str, list[float | int]]] = {d: {} for d in device_ids}
+    if not by_number:
+        return out
+    rows = await session.execute(
+        select(LatestValue.device, TelemetryKey.name, LatestValue.ts, LatestValue.value)
+        .join(TelemetryKey, TelemetryKey.id == LatestValue.key_id)
+        .where(LatestValue.device.in_(by_number))
+        .order_by(TelemetryKey.name)
+    )
+    for device, name, ts, value in rows:
+        out[by_number[device]][name] = [ts, value]
+    return out
+
+
 def encode_cursor(ts: int, key_id: int) -> str:
     return base64.urlsafe_b64encode(f"{ts}:{key_id}".encode()).decode().rstrip("=")
 

@@ -160,14 +160,8 @@ async def fleet(request: Request, session: SessionDep) -> Response:
     user = await _user(request, session)
     rows, _total = await devices.list_devices(session, owner=user, limit=500)
     now = epoch_ms()
-    items = []
-    for device in rows:
-        view = _device_view(device, now)
-        view["latest"] = {
-            k: [p.ts, p.value]
-            for k, p in (await telemetry.latest(session, device_id=device.id)).items()
-        }
-        items.append(view)
+    latest = await telemetry.latest_many(session, device_ids=[d.id for d in rows])
+    items = [{**_device_view(device, now), "latest": latest[device.id]} for device in rows]
     return _render(request, "fleet.html", user=user, devices=items, now_ms=now)
 
 
@@ -249,11 +243,8 @@ async def device_page(request: Request, device_id: str, session: SessionDep) -> 
     except SensoriumError:
         return _render(request, "not_found.html", 404, user=user)
     now = epoch_ms()
-    view = _device_view(device, now)
-    view["latest"] = {
-        k: [p.ts, p.value]
-        for k, p in (await telemetry.latest(session, device_id=device.id)).items()
-    }
+    latest = await telemetry.latest_many(session, device_ids=[device.id])
+    view = {**_device_view(device, now), "latest": latest[device.id]}
     return _render(request, "device.html", user=user, device=view, now_ms=now)
 
 
