@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     # Session expiry of the worker's persistent MQTT session: messages published while it
     # is down wait this long in the broker.
     mqtt_session_expiry_s: int = Field(7 * 86400, ge=60)
-    worker_max_linger_ms: int = Field(50, ge=0, le=1000)
+    # 0: group commit only (measured: live latency p50 4-11 ms instead of 50-65 ms, no loss
+    # of throughput); a linger saves CPU at low rates at the cost of latency.
+    worker_max_linger_ms: int = Field(0, ge=0, le=1000)
 
     # Redis for the live bus (and shared rate limits) when several processes run.
     redis_url: str = ""

@@ -40,6 +40,10 @@ PLUGIN_DIRS = (
 )
 
 
+# A broker that ran this long before exiting was healthy: its restart delay starts over.
+HEALTHY_RUN_S = 10.0
+
+
 class BrokerUnavailable(RuntimeError):
     """Mosquitto or its Dynamic Security plugin cannot be found or started."""
 
@@ -254,13 +258,18 @@ class MosquittoSupervisor:
 
     async def _run(self) -> None:
         delay = self._restart_delay_s
+        loop = asyncio.get_running_loop()
         while not self._stopping:
+            started = loop.time()
             self._process = await self._spawn()
             await self._forward_log(self._process)
             code = await self._process.wait()
             if self._stopping:
                 break
             self.restarts += 1
+            if loop.time() - started >= HEALTHY_RUN_S:
+                # It ran fine before this exit: restart at once, back off only on crash loops.
+                delay = self._restart_delay_s
             log.warning("mosquitto exited with %s; restarting in %.1f s", code, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_restart_delay_s)

@@ -46,6 +46,10 @@ from sensorium.worker.acks import AckQueue
 log = logging.getLogger(__name__)
 
 
+# Tries to store a status or log message before giving up on it (~6 s of retries).
+CONTROL_ATTEMPTS = 5
+
+
 class RejectLog:
     """Logs a rejected message at most once per device per minute (a broken device can
     send thousands a second; the counter in /metrics has the full number)."""
@@ -325,15 +329,20 @@ class MqttIngest:
             earlier = self._pending_writes.get(parsed.device_id)
             if earlier is not None and not earlier.done():
                 await asyncio.wait([earlier])
-            try:
-                if parsed.kind == KIND_STATUS:
-                    await self._store_status(parsed.device_id, bytes(message.payload))
-                else:
-                    await self._store_log(parsed.device_id, bytes(message.payload))
-            except (ProtocolError, SensoriumError) as exc:
-                self._reject(parsed.device_id, exc.code, exc.message)
-            except Exception:
-                log.exception("storing %s failed", message.topic)
+            for attempt in range(CONTROL_ATTEMPTS):
+                try:
+                    if parsed.kind == KIND_STATUS:
+                        await self._store_status(parsed.device_id, bytes(message.payload))
+                    else:
+                        await self._store_log(parsed.device_id, bytes(message.payload))
+                except (ProtocolError, SensoriumError) as exc:
+                    self._reject(parsed.device_id, exc.code, exc.message)
+                except Exception:
+                    # The database is busy or away ("database is locked" on SQLite): retry.
+                    log.exception("storing %s failed (attempt %d)", message.topic, attempt + 1)
+                    await asyncio.sleep(0.2 * 2**attempt)
+                    continue
+                break
             self._acks.complete(entry)
 
     async def _store_status(self, device_id: str, payload: bytes) -> None:
