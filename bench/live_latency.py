@@ -306,24 +306,35 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def cpu_groups(server_pid: int) -> dict[str, float]:
-    """CPU seconds so far: the server, its mosquitto child, PostgreSQL, the browser."""
-    out = {"server": _cpu_seconds(server_pid) or 0.0, "mosquitto": 0.0, "postgres": 0.0}
-    out["browser"] = 0.0
+def cpu_samples(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far per "group:pid" (the server, its mosquitto child, PostgreSQL, the
+    browser, this bench) plus the machine's busy and irq/softirq seconds."""
+    out = {f"server:{server_pid}": _cpu_seconds(server_pid) or 0.0}
     for child in _children(server_pid):
         if _comm(child) == "mosquitto":
-            out["mosquitto"] += _cpu_seconds(child) or 0.0
+            out[f"mosquitto:{child}"] = _cpu_seconds(child) or 0.0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         comm = _comm(int(entry.name))
-        if comm == "postgres":
-            out["postgres"] += _cpu_seconds(int(entry.name)) or 0.0
-        elif comm.startswith("chrom"):
-            out["browser"] += _cpu_seconds(int(entry.name)) or 0.0
-    out["bench"] = _cpu_seconds(os.getpid()) or 0.0
-    out["machine"], out["softirq"] = machine_busy()
+        if comm == "postgres" or comm.startswith("chrom"):
+            group = "postgres" if comm == "postgres" else "browser"
+            out[f"{group}:{entry.name}"] = _cpu_seconds(int(entry.name)) or 0.0
+    out[f"bench:{os.getpid()}"] = _cpu_seconds(os.getpid()) or 0.0
+    out["machine:"], out["softirq:"] = machine_busy()
     return out
+
+
+def cpu_percent(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """% of one core per group; a process counts only when it lives through both samples."""
+    out = {"server": 0.0, "mosquitto": 0.0, "postgres": 0.0, "browser": 0.0, "bench": 0.0}
+    for key, seconds in after.items():
+        if key in before:
+            group = key.split(":", 1)[0]
+            out[group] = out.get(group, 0.0) + (seconds - before[key]) / wall * 100
+    ours = sum(v for k, v in out.items() if k not in {"machine", "softirq"})
+    out["other"] = max(0.0, out["machine"] - ours - out["softirq"])
+    return {k: round(v, 1) for k, v in out.items()}
 
 
 def machine_busy() -> tuple[float, float]:
@@ -497,12 +508,12 @@ async def run_phase(
 
     async def cpu_at_window() -> None:
         await asyncio.sleep(max(0.0, measure_from - loop.time()))
-        cpu0.update(cpu_groups(server_pid))
+        cpu0.update(cpu_samples(server_pid))
 
     cpu_task = asyncio.create_task(cpu_at_window())
     await asyncio.gather(*(device_loop(i) for i in range(len(devices))))
     await cpu_task
-    cpu1 = cpu_groups(server_pid)
+    cpu1 = cpu_samples(server_pid)
     elapsed = loop.time() - measure_from
     await asyncio.sleep(args.settle)
     samples: list[list[float]] = await page.evaluate(TAKE_SAMPLES)
@@ -533,9 +544,7 @@ async def run_phase(
             errors[status] = errors.get(status, 0) + n
         round_trips += h.round_trips
         await h.close()
-    cpu = {k: round((cpu1[k] - cpu0.get(k, 0.0)) / elapsed * 100, 1) for k in cpu1}
-    ours = sum(v for k, v in cpu.items() if k not in {"machine", "softirq"})
-    cpu["other"] = round(max(0.0, cpu["machine"] - ours - cpu["softirq"]), 1)
+    cpu = cpu_percent(cpu0, cpu1, elapsed)
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     result = PhaseResult(
         transport=transport,
