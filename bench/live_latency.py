@@ -53,7 +53,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import asyncpg
 import httpx
 
 CHROMIUM = "/usr/bin/chromium"
@@ -67,6 +66,19 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/{db}"
+from _common import (  # noqa: E402  (bench/ is on sys.path)
+    _children,
+    _comm,
+    _cpu_seconds,
+    _read_varint,
+    _varint,
+    free_port,
+    peer_running,
+    pg_admin,
+    start_server,
+    wait_ready,
+)
+
 TARGET_P50_MS = 15.0
 TARGET_P99_MS = 100.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -111,30 +123,9 @@ class MqttError(RuntimeError):
     pass
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _utf8(s: str) -> bytes:
     raw = s.encode()
     return len(raw).to_bytes(2, "big") + raw
-
-
-def _read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
-    value = shift = 0
-    while pos < len(data):
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    return None
 
 
 def split_packets(buffer: bytearray) -> Iterator[tuple[int, bytes]]:
@@ -277,35 +268,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[k]
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def cpu_samples(server_pid: int) -> dict[str, float]:
     """CPU seconds so far per "group:pid" (the server, its mosquitto child, PostgreSQL, the
     browser, this bench) plus the machine's busy and irq/softirq seconds."""
@@ -381,17 +343,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def peer_running() -> bool:
-    found = subprocess.run(["pgrep", "-f", "bench/http_ingest.py"], capture_output=True)
-    return found.returncode == 0
-
-
 async def wait_for_bench_peer(log: Callable[[str], None]) -> None:
     """Another engineer's HTTP benchmark must not share the machine with this one."""
     announced = False
@@ -402,16 +353,6 @@ async def wait_for_bench_peer(log: Callable[[str], None]) -> None:
         await asyncio.sleep(10)
 
 
-def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "sensorium", "serve", "--demo", "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
-    usage = subprocess.run([*command[:4], "--help"], env=env, capture_output=True, text=True)
-    if "--fleet" in usage.stdout:
-        command += ["--fleet", "0"]  # no simulated demo devices adding load
-    with log_path.open("ab") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -420,14 +361,6 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-async def pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN.format(db="postgres"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 # --------------------------------------------------------------------------- phases
@@ -603,20 +536,6 @@ async def register(base: str, password: str, count: int) -> tuple[str, list[tupl
             r.raise_for_status()
             devices.append((r.json()["id"], r.json()["token"]))
     return access, devices
-
-
-async def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=base) as client:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("sensorium serve exited; see its log")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/healthz")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError("sensorium serve did not become ready")
-            await asyncio.sleep(0.2)
 
 
 async def wait_mqtt_account(host: str, port: int, device: tuple[str, str]) -> None:

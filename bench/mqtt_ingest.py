@@ -62,7 +62,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -76,6 +75,8 @@ from typing import Any, Literal
 import asyncpg
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/{db}"
+from _common import _comm, _cpu_seconds, _read_varint, _varint, free_port, peer_running  # noqa: E402  (bench/ is on sys.path)
+
 KEYS = ("temperature", "humidity", "co2")
 BATCH_ENTRIES = 50
 TARGETS = {"single": 45_000.0, "batch": 150_000.0}
@@ -89,15 +90,6 @@ Kind = Literal["single", "batch"]
 
 class MqttError(RuntimeError):
     pass
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _utf8(s: str | bytes) -> bytes:
@@ -131,18 +123,6 @@ _PROPERTY_SIZES = {
     0x15: 0, 0x16: 0, 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: 0, 0x1C: 0, 0x1F: 0, 0x21: 2,
     0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: -1, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1,
 }  # fmt: skip
-
-
-def _read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
-    value = shift = 0
-    while pos < len(data):
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    return None
 
 
 def parse_properties(data: bytes) -> dict[int, Any]:
@@ -389,22 +369,6 @@ def publisher_main(job: PublisherJob, shared: dict[str, Any], ready: Any, result
 # --------------------------------------------------------------------------- /proc CPU
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _machine_busy() -> tuple[float, float]:
     """CPU seconds busy since boot, all cores: (total, of which irq + softirq)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -503,17 +467,6 @@ def machine_info() -> dict[str, Any]:
             ["mosquitto", "-h"], capture_output=True, text=True, check=False
         ).stdout.splitlines()[0],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def peer_running() -> bool:
-    found = subprocess.run(["pgrep", "-f", "bench/http_ingest.py"], capture_output=True)
-    return found.returncode == 0
 
 
 async def wait_for_bench_peer(log: Callable[[str], None]) -> None:
