@@ -3,6 +3,25 @@
 Shared by the API, the worker and the simulator; the firmware mirrors it.
 """
 
+from sensorium.protocol.control import (
+    BUILTIN_COMMANDS,
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    CommandMessage,
+    CommandResult,
+    StateDocument,
+    merge_patch,
+    parse_command_message,
+    parse_command_result,
+    parse_state_document,
+    validate_command_message,
+    validate_command_name,
+    validate_command_result,
+    validate_params,
+    validate_state,
+    validate_state_document,
+)
 from sensorium.protocol.errors import InvalidMac, PayloadError, ProtocolError
 from sensorium.protocol.logs import LOG_LEVELS, LogRecord, parse_log
 from sensorium.protocol.mac import int_to_mac, is_canonical_mac, mac_to_int, normalize_mac
@@ -30,6 +49,7 @@ from sensorium.protocol.topics import (
     command_result_topic,
     commands_topic,
     downlink_topics,
+    is_command_id,
     logs_topic,
     ota_progress_topic,
     ota_topic,
@@ -42,6 +62,8 @@ from sensorium.protocol.topics import (
 )
 
 __all__ = [
+    "BUILTIN_COMMANDS",
+    "DEFAULT_TIMEOUT_S",
     "FUTURE_TOLERANCE_MS",
     "KIND_COMMAND_RESULT",
     "KIND_LOGS",
@@ -53,14 +75,19 @@ __all__ = [
     "MAX_BATCH_ENTRIES",
     "MAX_KEY_LENGTH",
     "MAX_PAYLOAD_BYTES",
+    "MAX_TIMEOUT_S",
+    "MIN_TIMEOUT_S",
     "TOPIC_PREFIX",
     "UPLINK_KINDS",
+    "CommandMessage",
+    "CommandResult",
     "InvalidMac",
     "LogRecord",
     "ParsedTopic",
     "PayloadError",
     "ProtocolError",
     "Reading",
+    "StateDocument",
     "StatusReport",
     "command_result_topic",
     "commands_topic",
@@ -68,12 +95,17 @@ __all__ = [
     "downlink_topics",
     "int_to_mac",
     "is_canonical_mac",
+    "is_command_id",
     "logs_topic",
     "mac_to_int",
+    "merge_patch",
     "normalize_mac",
     "ota_progress_topic",
     "ota_topic",
+    "parse_command_message",
+    "parse_command_result",
     "parse_log",
+    "parse_state_document",
     "parse_status",
     "parse_telemetry",
     "parse_uplink_topic",
@@ -82,6 +114,12 @@ __all__ = [
     "status_topic",
     "telemetry_topic",
     "uplink_subscriptions",
+    "validate_command_message",
+    "validate_command_name",
+    "validate_command_result",
+    "validate_params",
+    "validate_state",
+    "validate_state_document",
     "validate_status",
     "validate_telemetry",
 ]

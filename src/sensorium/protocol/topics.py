@@ -31,6 +31,10 @@ UPLINK_KINDS = frozenset(
 _COMMAND_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
+def is_command_id(value: str) -> bool:
+    return _COMMAND_ID.fullmatch(value) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedTopic:
     """An uplink topic split into the publishing device and what it published."""
