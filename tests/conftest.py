@@ -108,6 +108,7 @@ def settings(clean_db: str, tmp_path: Path) -> Settings:
         argon2_memory_kib=64,
         argon2_parallelism=1,
         device_rate_limit="1000/second",
+        command_rate_limit="1000/second",
     )
 
 

@@ -28,6 +28,7 @@ from sensorium.config import InsecureSettings, Settings, get_settings
 from sensorium.db import create_engine, session_factory
 from sensorium.devices import service as devices
 from sensorium.errors import SensoriumError
+from sensorium.live.bus import make_bus
 from sensorium.users import service as users
 from sensorium.users.models import User
 from sensorium.users.security import Auth
@@ -319,12 +320,17 @@ def worker(
 
     async def run() -> None:
         engine = create_engine(settings.database_url)
+        # Live events (readings, status, command results) reach the API processes'
+        # browsers through Redis; without SENSORIUM_REDIS_URL they stay in this process.
+        bus = make_bus(settings)
+        await bus.start()
         services = MqttServices(
             settings,
             session_factory(engine),
             broker_address(settings),
             client_id=f"sensorium-worker-{name}",
             shared=shared,
+            bus=bus,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -336,6 +342,7 @@ def worker(
             await stop.wait()
         finally:
             await services.stop(leave_group=leave)
+            await bus.stop()
             await engine.dispose()
 
     _run_loop(run())

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     login_max_failures_per_ip: int = Field(20, ge=1)
     login_failure_window_s: int = Field(15 * 60, ge=1)
     device_rate_limit: str = "50/second"
+    # Commands created per device, and how many may wait for delivery or result at once.
+    command_rate_limit: str = "5/second"
+    command_max_pending: int = Field(100, ge=1)
     rate_limit_storage_url: str = "async+memory://"
 
     # Raw points older than this are rejected at ingest (and later dropped by retention).

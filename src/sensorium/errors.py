@@ -36,6 +36,12 @@ class Forbidden(SensoriumError):
     code = "forbidden"
 
 
+class PreconditionFailed(SensoriumError):
+    """An `If-Match` that no longer holds: someone else changed the resource first."""
+
+    code = "precondition_failed"
+
+
 class PayloadTooLarge(SensoriumError):
     code = "payload_too_large"
 

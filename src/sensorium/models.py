@@ -1,6 +1,7 @@
 """Imports every model so Base.metadata is complete (for Alembic and tests)."""
 
 from sensorium.broker.models import BrokerChange
+from sensorium.control.models import Command, DeviceState
 from sensorium.db import Base
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
@@ -9,9 +10,11 @@ from sensorium.users.models import RefreshToken, User
 __all__ = [
     "Base",
     "BrokerChange",
+    "Command",
     "Device",
     "DeviceCredential",
     "DeviceLog",
+    "DeviceState",
     "DeviceStatusEvent",
     "LatestValue",
     "Point",

@@ -12,7 +12,7 @@ import pytest
 
 from sensorium.api.app import create_app
 from sensorium.config import Settings
-from tests.helpers import Api
+from tests.helpers import Api, RegisteredDevice
 
 # (method, path, JSON body) — {id} is the device under test.
 USER_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -27,6 +27,16 @@ USER_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/devices/{id}/status/history", None),
     ("GET", "/api/v1/devices/{id}/events", None),
     ("GET", "/api/v1/devices/{id}/telemetry.csv", None),
+    ("PUT", "/api/v1/devices/{id}/state/desired", {"relay": True}),
+    ("GET", "/api/v1/devices/{id}/controls", None),
+    ("PUT", "/api/v1/devices/{id}/controls", [{"key": "relay", "kind": "switch"}]),
+    ("POST", "/api/v1/devices/{id}/commands", {"name": "ping"}),
+    ("GET", "/api/v1/devices/{id}/commands/{cid}", None),
+]
+# Endpoints both the owner and the device itself use (PROTOCOL.md: devices poll them).
+SHARED_ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("GET", "/api/v1/devices/{id}/state", None),
+    ("GET", "/api/v1/devices/{id}/commands", None),
 ]
 # User endpoints that are not about one device: they need a login, nothing more.
 USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -38,6 +48,8 @@ DEVICE_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/v1/devices/{id}/telemetry", {"t": 1}),
     ("POST", "/api/v1/devices/{id}/status", {"online": True}),
     ("POST", "/api/v1/devices/{id}/logs", {"level": "info", "msg": "hello"}),
+    ("POST", "/api/v1/devices/{id}/state/reported", {"version": 0, "state": {"relay": True}}),
+    ("POST", "/api/v1/devices/{id}/commands/{cid}/result", {"status": "ok"}),
 ]
 PUBLIC_ENDPOINTS = {
     ("POST", "/api/v1/auth/register"),
@@ -50,14 +62,31 @@ PUBLIC_ENDPOINTS = {
 
 
 def _template(path: str) -> str:
-    return path.replace("{id}", "{device_id}")
+    return path.replace("{id}", "{device_id}").replace("{cid}", "{command_id}")
+
+
+async def _url(api: Api, path: str, device: RegisteredDevice) -> str:
+    """The path for this device; a command of it where the path names one."""
+    cid = "c_00000000000000000000000000"
+    if "{cid}" in path:
+        r = await api.client.post(
+            f"/api/v1/devices/{device.id}/commands",
+            json={"name": "ping"},
+            headers=device.owner.headers,
+        )
+        assert r.status_code == 202, r.text
+        cid = r.json()["id"]
+    return path.format(id=device.id, cid=cid)
 
 
 def test_every_route_is_classified(settings: Settings) -> None:
     app = create_app(settings)
     listed = {
         (m, _template(p))
-        for m, p, _ in USER_ENDPOINTS + USER_COLLECTION_ENDPOINTS + DEVICE_ENDPOINTS
+        for m, p, _ in USER_ENDPOINTS
+        + USER_COLLECTION_ENDPOINTS
+        + DEVICE_ENDPOINTS
+        + SHARED_ENDPOINTS
     } | PUBLIC_ENDPOINTS
     # The OpenAPI document lists every API route (the docs pages themselves excluded).
     routes = {
@@ -70,9 +99,11 @@ def test_every_route_is_classified(settings: Settings) -> None:
 
 
 async def _snapshot(api: Api, owner_headers: dict[str, str], device_id: str) -> Any:
-    device = await api.client.get(f"/api/v1/devices/{device_id}", headers=owner_headers)
-    points = await api.client.get(f"/api/v1/devices/{device_id}/telemetry", headers=owner_headers)
-    return device.json(), points.json()
+    views = ("", "/telemetry", "/state", "/commands")
+    return [
+        (await api.client.get(f"/api/v1/devices/{device_id}{v}", headers=owner_headers)).json()
+        for v in views
+    ]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), USER_ENDPOINTS)
@@ -83,15 +114,14 @@ async def test_another_users_device_is_404_and_untouched(
     intruder = await api.account()
     device = await api.device(owner, name="owned")
     await api.send(device, {"t": 1})
+    url = await _url(api, path, device)
     before = await _snapshot(api, owner.headers, device.id)
-    r = await api.client.request(
-        method, path.format(id=device.id), json=body, headers=intruder.headers
-    )
+    r = await api.client.request(method, url, json=body, headers=intruder.headers)
     assert r.status_code == 404, r.text
     assert r.json()["error"]["code"] == "device_not_found"
     # Same answer as for a device that does not exist at all: nothing leaks.
     r2 = await api.client.request(
-        method, path.format(id="0200000000ff"), json=body, headers=intruder.headers
+        method, url.replace(device.id, "0200000000ff"), json=body, headers=intruder.headers
     )
     assert r2.status_code == 404
     assert r2.json()["error"]["code"] == r.json()["error"]["code"]
@@ -112,7 +142,8 @@ async def test_user_endpoints_need_a_user(
         "device-token": device.headers,
         "garbage": {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"},
     }[credential]
-    r = await api.client.request(method, path.format(id=device.id), json=body, headers=headers)
+    url = await _url(api, path, device)
+    r = await api.client.request(method, url, json=body, headers=headers)
     assert r.status_code == 401, r.text
     assert r.headers["WWW-Authenticate"] == "Bearer"
     assert set(r.json()["error"]) == {"code", "message", "field"}
@@ -125,7 +156,7 @@ async def test_device_endpoints_refuse_users_and_other_devices(
     owner = await api.account()
     device = await api.device(owner)
     other = await api.device(owner)
-    url = path.format(id=device.id)
+    url = await _url(api, path, device)
     r = await api.client.request(method, url, json=body, headers=owner.headers)
     assert r.status_code == 401
     r = await api.client.request(method, url, json=body, headers=other.headers)
@@ -135,3 +166,28 @@ async def test_device_endpoints_refuse_users_and_other_devices(
     assert r.status_code == 401
     r = await api.client.request(method, url, json=body, headers=device.headers)
     assert r.status_code in {200, 202}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SHARED_ENDPOINTS)
+async def test_shared_endpoints_answer_only_the_owner_and_the_device(
+    api: Api, method: str, path: str, body: Any
+) -> None:
+    owner = await api.account()
+    intruder = await api.account()
+    device = await api.device(owner)
+    other = await api.device(intruder)
+    url = await _url(api, path, device)
+    for headers, expected in [
+        ({}, 401),
+        ({"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"}, 401),
+        ({"Authorization": "Bearer sdt_not-a-token"}, 401),
+        (intruder.headers, 404),
+        (other.headers, 403),  # another user's device token
+        (owner.headers, 200),
+    ]:
+        r = await api.client.request(method, url, json=body, headers=headers)
+        assert r.status_code == expected, (headers, r.text)
+        if expected != 200:
+            assert set(r.json()["error"]) == {"code", "message", "field"}
+    r = await api.client.request(method, url, json=body, headers=device.headers)
+    assert r.status_code in {200, 204}, r.text

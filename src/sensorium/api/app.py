@@ -20,6 +20,8 @@ from sensorium.api.metrics import MetricsMiddleware
 from sensorium.broker.endpoint import parse_mqtt_url
 from sensorium.broker.service import Outbox
 from sensorium.config import Settings, get_settings
+from sensorium.control.delivery import ControlPlane, MqttDownlink
+from sensorium.control.router import router as control_router
 from sensorium.db import create_engine, session_factory
 from sensorium.devices.router import router as devices_router
 from sensorium.devices.tokens import DeviceTokenCache
@@ -34,7 +36,14 @@ from sensorium.users.security import Auth
 from sensorium.web.router import HERE as WEB_DIR
 from sensorium.web.router import LoginRequired
 from sensorium.web.router import router as web_router
-from sensorium.worker.runtime import BrokerAddress, EmbeddedBroker, MqttServices
+from sensorium.worker.runtime import (
+    BrokerAddress,
+    EmbeddedBroker,
+    MqttServices,
+    broker_address,
+    service_endpoint,
+)
+from sensorium.worker.scheduler import Scheduler
 
 API_PREFIX = "/api/v1"
 
@@ -52,7 +61,7 @@ def build_context(settings: Settings) -> AppContext:
         sessions=sessions,
         auth=Auth.from_settings(settings),
         writer=BatchWriter.from_settings(
-            sessions, settings, linger_ms=settings.writer_max_linger_ms, bus=bus
+            sessions, settings, linger_ms=settings.writer_max_linger_ms, bus=bus, transport="http"
         ),
         bus=bus,
         device_tokens=DeviceTokenCache(),
@@ -63,6 +72,8 @@ def build_context(settings: Settings) -> AppContext:
             storage, f"{settings.login_max_failures_per_ip}/{window} seconds", "login-ip"
         ),
         device_limiter=RateLimiter.from_spec(storage, settings.device_rate_limit, "device"),
+        command_limiter=RateLimiter.from_spec(storage, settings.command_rate_limit, "commands"),
+        control=ControlPlane(sessions, bus),
     )
 
 
@@ -77,13 +88,22 @@ def create_app(
     changes for the worker to apply (`sensorium api` next to `sensorium worker`)."""
     ctx = build_context(settings or get_settings())
     mqtt: MqttServices | None = None
+    downlink: MqttDownlink | None = None
+    # Without a worker (no MQTT at all), this process runs the periodic jobs itself.
+    scheduler: Scheduler | None = None
     if broker is not None:
-        mqtt = MqttServices(ctx.settings, ctx.sessions, broker, bus=ctx.bus)
+        downlink = MqttDownlink(service_endpoint(ctx.settings, broker))
+        ctx.control.downlink = downlink
+        mqtt = MqttServices(ctx.settings, ctx.sessions, broker, bus=ctx.bus, control=ctx.control)
         ctx.broker, ctx.provisioner = mqtt.outbox, mqtt.provisioner
         ctx.mqtt_port = broker.port
     elif ctx.settings.mqtt_url:
         ctx.broker = Outbox(ctx.settings.resolved_secret_key())
         ctx.mqtt_port = parse_mqtt_url(ctx.settings.mqtt_url)[1]
+        downlink = MqttDownlink(service_endpoint(ctx.settings, broker_address(ctx.settings)))
+        ctx.control.downlink = downlink
+    else:
+        scheduler = Scheduler.from_settings(ctx.sessions, ctx.settings, bus=ctx.bus)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -93,13 +113,21 @@ def create_app(
         # collector, whose full passes over it stalled every request for ~50 ms.
         gc.collect()
         gc.freeze()
+        if downlink is not None:
+            await downlink.start()
         if mqtt is not None:
             await mqtt.start()
+        if scheduler is not None:
+            await scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                await scheduler.stop()
             if mqtt is not None:
                 await mqtt.stop()
+            if downlink is not None:
+                await downlink.stop()
             # Stopped here, not only by whoever started it: uvicorn re-raises SIGTERM once
             # the app has shut down, which ends the process before code after serve() runs.
             if embedded is not None:
@@ -124,9 +152,10 @@ def create_app(
 
     api = APIRouter(prefix=API_PREFIX)
     # Every API route documents the one error shape (and replaces FastAPI's default 422).
-    documented = error_responses(401, 403, 404, 409, 413, 415, 422, 429)
+    documented = error_responses(401, 403, 404, 409, 412, 413, 415, 422, 429)
     api.include_router(users_router, responses=documented)
     api.include_router(devices_router, responses=documented)
+    api.include_router(control_router, responses=documented)
     api.include_router(telemetry_router, responses=documented)
     api.include_router(telemetry_csv_router, responses=documented)
     api.include_router(live_router, responses=documented)

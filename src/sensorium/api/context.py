@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sensorium.broker.provisioner import BrokerProvisioner
 from sensorium.broker.service import Outbox
 from sensorium.config import Settings
+from sensorium.control.delivery import ControlPlane
 from sensorium.devices.tokens import DeviceTokenCache
 from sensorium.live.bus import LiveBus
 from sensorium.ratelimit import RateLimiter
@@ -27,7 +28,9 @@ class AppContext:
     login_user_limiter: RateLimiter
     login_ip_limiter: RateLimiter
     device_limiter: RateLimiter
+    command_limiter: RateLimiter
     bus: LiveBus
+    control: ControlPlane
     # Set when devices also get MQTT accounts: device changes enqueue broker changes.
     broker: Outbox | None = None
     provisioner: BrokerProvisioner | None = None

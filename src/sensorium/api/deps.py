@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.api.context import AppContext
 from sensorium.devices import service as devices
+from sensorium.devices.service import DEVICE_TOKEN_PREFIX
 from sensorium.errors import Forbidden, NotAuthenticated
 from sensorium.protocol import InvalidMac, normalize_mac
 from sensorium.users import service as users
@@ -118,3 +119,17 @@ def _same_mac(canonical: str, other: str) -> bool:
         return normalize_mac(other) == canonical
     except InvalidMac:
         return False
+
+
+async def get_principal(
+    device_id: str, request: Request, ctx: ContextDep, credentials: BearerDep
+) -> User | str:
+    """For the endpoints both a device and its owner call (PROTOCOL.md: `GET …/state`,
+    `GET …/commands`): the device id when a device token is presented, else the user."""
+    if credentials is not None and credentials.credentials.startswith(DEVICE_TOKEN_PREFIX):
+        return await get_current_device(device_id, request, ctx, credentials)
+    async with ctx.sessions() as session:
+        return await get_current_user(request, ctx, session, credentials)
+
+
+Principal = Annotated[User | str, Depends(get_principal)]

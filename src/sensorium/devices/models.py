@@ -30,6 +30,8 @@ class Device(Base):
     # Epoch ms after which silence means offline: last message + 3 x interval. Kept as an
     # integer so "online now" is the same plain comparison in SQLite and PostgreSQL.
     offline_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # How the device last reached us, "mqtt" or "http": where its commands are delivered.
+    transport: Mapped[str | None] = mapped_column(String(8))
     # Last status document fields (rssi, uptime_s, ip, free_heap).
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 

@@ -164,7 +164,11 @@ async def post_status(
     "rssi": -61, "ip": "192.168.1.23", "free_heap": 81234, "interval_s": 30}`."""
     report = parse_status(await read_json_body(request))
     stored = await service.record_status(
-        session, device_id=device, report=report, offline_after_s=ctx.settings.offline_after_s
+        session,
+        device_id=device,
+        report=report,
+        offline_after_s=ctx.settings.offline_after_s,
+        transport="http",
     )
     await session.commit()
     now_ms = epoch_ms()

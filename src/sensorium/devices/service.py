@@ -272,8 +272,10 @@ async def record_status(
     offline_after_s: int,
     now_ms: int | None = None,
     reason: str = "status",
+    transport: str | None = None,
 ) -> Device:
-    """Store what a device says about itself (firmware, RSSI, uptime, online or not)."""
+    """Store what a device says about itself (firmware, RSSI, uptime, online or not);
+    `transport` is how it said it ("mqtt", "http"), which is where its commands go."""
     device = await session.get(Device, device_id, with_for_update=True)
     if device is None:
         raise _not_found(device_id)
@@ -292,6 +294,8 @@ async def record_status(
     if changed.first() is not None:
         session.add(DeviceStatusEvent(device_id=device_id, ts=now_ms, online=online, reason=reason))
     await session.refresh(device)
+    if transport is not None and online:
+        device.transport = transport
     if report.fw is not None:
         device.firmware_version = report.fw
     if report.interval_s is not None:

@@ -26,7 +26,7 @@ from sensorium.protocol import Reading
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["telemetry", "status", "command", "alert"]
+EventKind = Literal["telemetry", "status", "state", "command", "alert"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,11 @@ def status_event(
     )
 
 
+def _command_id(event: Event) -> str:
+    command = event.data.get("command") if event.kind == "command" else None
+    return str(command.get("id", "")) if isinstance(command, dict) else ""
+
+
 class Subscription:
     """One client's view: the devices it follows and a bounded queue of their events."""
 
@@ -87,9 +92,10 @@ class Subscription:
 
     def _compact(self) -> None:
         self.compactions += 1
-        merged: dict[tuple[str, str], Event] = {}
+        merged: dict[tuple[str, str, str], Event] = {}
         for event in self._queue:
-            slot = (event.device_id, event.kind)
+            # Each command's events replace each other, not those of other commands.
+            slot = (event.device_id, event.kind, _command_id(event))
             previous = merged.pop(slot, None)
             if previous is not None and event.kind == "telemetry":
                 values = {**previous.data["values"], **event.data["values"]}

@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import BigInteger, func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.config import Settings
-from sensorium.db import epoch_ms, utcnow
+from sensorium.db import dialect_insert, epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceStatusEvent
 from sensorium.devices.service import OFFLINE_INTERVALS
 from sensorium.errors import NotFound, SensoriumError
@@ -58,6 +56,8 @@ class BatchWriter:
         max_linger_s: float = 0.0,
         queue_size: int = 100_000,
         bus: LiveBus | None = None,
+        transport: str | None = None,
+        on_online: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._factory = factory
         self._offline_after_s = offline_after_s
@@ -65,6 +65,10 @@ class BatchWriter:
         self._max_linger_s = max_linger_s
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
         self._bus = bus
+        # How the readings came ("mqtt", "http"): recorded on the device, which decides
+        # where its commands go; `on_online` hears of devices this data brought online.
+        self._transport = transport
+        self._on_online = on_online
         self._key_ids: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -76,6 +80,8 @@ class BatchWriter:
         *,
         linger_ms: int,
         bus: LiveBus | None = None,
+        transport: str | None = None,
+        on_online: Callable[[list[str]], None] | None = None,
     ) -> BatchWriter:
         return cls(
             sessions,
@@ -84,6 +90,8 @@ class BatchWriter:
             max_linger_s=linger_ms / 1000,
             queue_size=settings.writer_queue_size,
             bus=bus,
+            transport=transport,
+            on_online=on_online,
         )
 
     async def start(self) -> None:
@@ -161,6 +169,8 @@ class BatchWriter:
                 self._bus.publish(
                     status_event(device_id, online=True, reason="data", now_ms=now_ms)
                 )
+        if came_online and self._on_online is not None:
+            self._on_online(came_online)
         for job in jobs:
             if job.device_id in stored:
                 if not job.future.done():
@@ -175,7 +185,9 @@ class BatchWriter:
         if missing:
             async with self._factory() as session, session.begin():
                 await session.execute(
-                    _insert(session, TelemetryKey).on_conflict_do_nothing(index_elements=["name"]),
+                    dialect_insert(session, TelemetryKey).on_conflict_do_nothing(
+                        index_elements=["name"]
+                    ),
                     [{"name": n} for n in sorted(missing)],
                 )
                 rows = await session.execute(
@@ -211,6 +223,7 @@ class BatchWriter:
                     last_seen=utcnow(),
                     status="online",
                     offline_at_ms=literal(now_ms, BigInteger) + window_s * 1000,
+                    **({"transport": self._transport} if self._transport else {}),
                 )
                 .returning(Device.id)
             )
@@ -235,7 +248,7 @@ class BatchWriter:
         rows: list[dict[str, Any]] = [
             {"device": d, "key_id": k, "ts": t, "value": v} for (d, k, t), v in points.items()
         ]
-        stmt = _insert(session, Point)
+        stmt = dialect_insert(session, Point)
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=["device", "key_id", "ts"], set_={"value": stmt.excluded.value}
@@ -248,7 +261,7 @@ class BatchWriter:
             current = newest.get(slot)
             if current is None or row["ts"] >= current["ts"]:
                 newest[slot] = row
-        stmt = _insert(session, LatestValue)
+        stmt = dialect_insert(session, LatestValue)
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=["device", "key_id"],
@@ -298,13 +311,6 @@ async def _copy_store(session: AsyncSession, points: dict[PointKey, float]) -> N
     )
     await driver.execute(_MERGE_POINTS)
     await driver.execute(_MERGE_LATEST)
-
-
-def _insert(session: AsyncSession, model: type[Any]) -> Any:
-    # Both dialects offer the same ON CONFLICT API; pick the one the session speaks.
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(model.__table__)
 
 
 def _fail(job: _Job, exc: BaseException) -> None:

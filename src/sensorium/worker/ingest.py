@@ -24,17 +24,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECTED
 from sensorium.broker.dynsec import SHARE_GROUP
 from sensorium.broker.endpoint import MqttEndpoint
+from sensorium.control import service as control
+from sensorium.control.delivery import ControlPlane
 from sensorium.db import epoch_ms
 from sensorium.devices import service as devices
 from sensorium.errors import NotFound, SensoriumError
 from sensorium.live.bus import LiveBus
 from sensorium.protocol import (
+    KIND_COMMAND_RESULT,
     KIND_LOGS,
+    KIND_STATE_REPORTED,
     KIND_STATUS,
     KIND_TELEMETRY,
+    ParsedTopic,
     ProtocolError,
     Reading,
+    parse_command_result,
     parse_log,
+    parse_state_document,
     parse_status,
     parse_telemetry,
     parse_uplink_topic,
@@ -46,8 +53,10 @@ from sensorium.worker.acks import AckQueue
 log = logging.getLogger(__name__)
 
 
-# Tries to store a status or log message before giving up on it (~6 s of retries).
+# Tries to store a status, log, state or result message before giving up (~6 s of retries).
 CONTROL_ATTEMPTS = 5
+# Few and small: handled one at a time, in order, after the device's pending telemetry.
+CONTROL_KINDS = frozenset({KIND_STATUS, KIND_LOGS, KIND_STATE_REPORTED, KIND_COMMAND_RESULT})
 
 
 class RejectLog:
@@ -79,6 +88,7 @@ class MqttIngest:
         receive_maximum: int = 5000,
         shared: bool = True,
         bus: LiveBus | None = None,
+        control: ControlPlane | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
@@ -94,6 +104,7 @@ class MqttIngest:
         # everything; a group needs the share. See docs/mqtt.md.
         self._shared = shared
         self._bus = bus
+        self._control_plane = control
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
         # Status and log messages are few; one queue keeps each device's in order.
@@ -281,10 +292,10 @@ class MqttIngest:
                 self._acks.complete(entry)
                 return
             self._submit(parsed.device_id, readings, entry)
-        elif parsed.kind in (KIND_STATUS, KIND_LOGS):
+        elif parsed.kind in CONTROL_KINDS:
             self._control.put_nowait((message, entry))
         else:
-            # Commands, state and OTA progress are handled by their features as they land.
+            # OTA progress is handled by its feature when it lands.
             self._acks.complete(entry)
 
     def _submit(self, device_id: str, readings: Sequence[Reading], entry: Any) -> None:
@@ -331,10 +342,7 @@ class MqttIngest:
                 await asyncio.wait([earlier])
             for attempt in range(CONTROL_ATTEMPTS):
                 try:
-                    if parsed.kind == KIND_STATUS:
-                        await self._store_status(parsed.device_id, bytes(message.payload))
-                    else:
-                        await self._store_log(parsed.device_id, bytes(message.payload))
+                    await self._store_control(parsed, bytes(message.payload))
                 except (ProtocolError, SensoriumError) as exc:
                     self._reject(parsed.device_id, exc.code, exc.message)
                 except Exception:
@@ -345,14 +353,51 @@ class MqttIngest:
                 break
             self._acks.complete(entry)
 
+    async def _store_control(self, parsed: ParsedTopic, payload: bytes) -> None:
+        if parsed.kind == KIND_STATUS:
+            await self._store_status(parsed.device_id, payload)
+        elif parsed.kind == KIND_LOGS:
+            await self._store_log(parsed.device_id, payload)
+        elif parsed.kind == KIND_STATE_REPORTED:
+            await self._store_reported(parsed.device_id, payload)
+        else:
+            assert parsed.command_id is not None
+            await self._store_result(parsed.device_id, parsed.command_id, payload)
+
     async def _store_status(self, device_id: str, payload: bytes) -> None:
         report = parse_status(payload)
         async with self._sessions() as session, session.begin():
             device = await devices.record_status(
-                session, device_id=device_id, report=report, offline_after_s=self._offline_after_s
+                session,
+                device_id=device_id,
+                report=report,
+                offline_after_s=self._offline_after_s,
+                transport="mqtt",
             )
         if self._bus is not None:
             self._bus.publish(devices.live_status(device, reason="status", now_ms=epoch_ms()))
+        if report.online is not False and self._control_plane is not None:
+            # The device (re)connected: its desired state and waiting commands go out,
+            # without holding up other devices' messages.
+            task = asyncio.create_task(self._control_plane.device_online(device_id))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _store_reported(self, device_id: str, payload: bytes) -> None:
+        report = parse_state_document(payload)
+        async with self._sessions() as session, session.begin():
+            row = await control.record_reported(session, device_id=device_id, report=report)
+        if self._bus is not None:
+            self._bus.publish(control.state_event(row, now_ms=epoch_ms()))
+
+    async def _store_result(self, device_id: str, command_id: str, payload: bytes) -> None:
+        result = parse_command_result(payload)
+        async with self._sessions() as session, session.begin():
+            command = await control.record_result(
+                session, device_id=device_id, command_id=command_id, result=result
+            )
+        if self._bus is not None:
+            self._bus.publish(control.command_event(command, now_ms=epoch_ms()))
 
     async def _store_log(self, device_id: str, payload: bytes) -> None:
         record = parse_log(payload, now_ms=epoch_ms())

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sensorium.broker.mosquitto import (
 from sensorium.broker.provisioner import BrokerProvisioner
 from sensorium.broker.service import Outbox
 from sensorium.config import Settings
+from sensorium.control.delivery import ControlPlane, MqttDownlink
 from sensorium.live.bus import LiveBus
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.worker.ingest import MqttIngest
@@ -82,6 +84,12 @@ def broker_address(settings: Settings) -> BrokerAddress:
     return BrokerAddress(host, port)
 
 
+def service_endpoint(settings: Settings, address: BrokerAddress) -> MqttEndpoint:
+    """The worker's and API's own account on the broker."""
+    _admin, (username, password) = settings.mqtt_credentials()
+    return MqttEndpoint(address.host, address.port, username, password)
+
+
 class MqttServices:
     def __init__(
         self,
@@ -92,9 +100,17 @@ class MqttServices:
         ingest: bool = True,
         client_id: str | None = None,
         shared: bool = False,
-        bus: LiveBus | None = None,
+        bus: LiveBus,
+        control: ControlPlane | None = None,
     ) -> None:
-        (admin_user, admin_pw), (service_user, service_pw) = settings.mqtt_credentials()
+        (admin_user, admin_pw), _service = settings.mqtt_credentials()
+        # `sensorium worker` publishes to devices through its own connection; in `serve`
+        # the API's is shared.
+        self._own_downlink: MqttDownlink | None = None
+        if control is None:
+            self._own_downlink = MqttDownlink(service_endpoint(settings, address))
+            control = ControlPlane(sessions, bus, self._own_downlink)
+        self.control = control
         self.outbox = Outbox(settings.resolved_secret_key())
         self.provisioner = BrokerProvisioner(
             sessions, MqttEndpoint(address.host, address.port, admin_user, admin_pw), self.outbox
@@ -104,10 +120,15 @@ class MqttServices:
         self.scheduler: Scheduler | None = None
         if ingest:
             self.writer = BatchWriter.from_settings(
-                sessions, settings, linger_ms=settings.worker_max_linger_ms, bus=bus
+                sessions,
+                settings,
+                linger_ms=settings.worker_max_linger_ms,
+                bus=bus,
+                transport="mqtt",
+                on_online=self._came_online,
             )
             self.ingest = MqttIngest(
-                MqttEndpoint(address.host, address.port, service_user, service_pw),
+                service_endpoint(settings, address),
                 client_id=client_id or f"sensorium-worker-{socket.gethostname()}",
                 writer=self.writer,
                 sessions=sessions,
@@ -116,12 +137,21 @@ class MqttServices:
                 session_expiry_s=settings.mqtt_session_expiry_s,
                 shared=shared,
                 bus=bus,
+                control=control,
             )
-            self.scheduler = Scheduler(
-                sessions, retention_days=settings.raw_retention_days, bus=bus
-            )
+            self.scheduler = Scheduler.from_settings(sessions, settings, bus=bus)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _came_online(self, device_ids: list[str]) -> None:
+        """Telemetry brought MQTT devices online: their desired state and commands go out."""
+        for device_id in device_ids:
+            task = asyncio.create_task(self.control.device_online(device_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
+        if self._own_downlink is not None:
+            await self._own_downlink.start()
         await self.provisioner.start()
         if self.writer is not None and self.ingest is not None and self.scheduler is not None:
             await self.writer.start()
@@ -135,4 +165,8 @@ class MqttServices:
             await self.ingest.stop(leave_group=leave_group)
         if self.writer is not None:
             await self.writer.stop()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.provisioner.stop()
+        if self._own_downlink is not None:
+            await self._own_downlink.stop()

@@ -1,4 +1,4 @@
-"""Periodic jobs of the worker: offline detection now; rollups and retention later."""
+"""Periodic jobs of the worker: offline detection, command expiry, retention."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.aio import cancel_and_wait
+from sensorium.config import Settings
+from sensorium.control import service as control
 from sensorium.db import epoch_ms
 from sensorium.devices.service import mark_silent_devices_offline
 from sensorium.live.bus import LiveBus, status_event
@@ -34,6 +36,12 @@ class Scheduler:
         self._retention_due = 0.0
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def from_settings(
+        cls, sessions: async_sessionmaker[AsyncSession], settings: Settings, *, bus: LiveBus
+    ) -> Scheduler:
+        return cls(sessions, retention_days=settings.raw_retention_days, bus=bus)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
@@ -54,6 +62,16 @@ class Scheduler:
                     )
         return silent
 
+    async def expire_commands(self) -> int:
+        """Commands whose time ran out become expired (and say so on the live bus)."""
+        async with self._sessions() as session, session.begin():
+            expired = await control.expire_due(session)
+        if expired and self._bus is not None:
+            now_ms = epoch_ms()
+            for command in expired:
+                self._bus.publish(control.command_event(command, now_ms=now_ms))
+        return len(expired)
+
     async def apply_retention(self) -> int:
         """Raw points older than the retention window are deleted (rollups, later, stay)."""
         if self._retention_days is None:
@@ -73,6 +91,7 @@ class Scheduler:
         while True:
             try:
                 await self.run_once()
+                await self.expire_commands()
                 if loop.time() >= self._retention_due:
                     self._retention_due = loop.time() + self._retention_every_s
                     await self.apply_retention()

@@ -1,0 +1,1 @@
+"""Device control: desired/reported state, one-shot commands, and declared UI controls."""
