@@ -65,7 +65,7 @@ async def test_desired_state_reaches_the_device_retained_and_reports_confirm_it(
     device.publish("state/reported", b'{"version": 1, "state": {"relay": true}}')
 
     async def confirmed() -> bool:
-        return (await _get(mqtt_api, reg, "/state"))["pending"] == []
+        return bool((await _get(mqtt_api, reg, "/state"))["pending"] == [])
 
     assert await wait_for(confirmed)
     state = await _get(mqtt_api, reg, "/state")
