@@ -272,3 +272,30 @@ async def test_invalid_controls_are_refused_and_change_nothing(api: Api, control
     assert r.status_code == 422, r.text
     assert set(r.json()["error"]) == {"code", "message", "field"}
     assert (await api.client.get(url, headers=device.owner.headers)).json() == CONTROLS[:1]
+
+
+async def test_deleting_a_device_deletes_its_state_and_commands(api: Api) -> None:
+    from sqlalchemy import func, select
+
+    from sensorium.control.models import Command, DeviceState
+
+    owner = await api.account()
+    device, kept = await api.device(owner), await api.device(owner)
+    for each in (device, kept):
+        await _desire(api, each, {"relay": True})
+        await api.client.post(
+            f"/api/v1/devices/{each.id}/commands", json={"name": "ping"}, headers=owner.headers
+        )
+    r = await api.client.delete(f"/api/v1/devices/{device.id}", headers=owner.headers)
+    assert r.status_code == 204
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with sessions() as session:
+        for model in (Command, DeviceState):
+            counts = dict(
+                (
+                    await session.execute(
+                        select(model.device_id, func.count()).group_by(model.device_id)
+                    )
+                ).all()
+            )
+            assert counts == {kept.id: 1}, model

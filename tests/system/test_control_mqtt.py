@@ -13,7 +13,7 @@ import pytest
 
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.helpers import Api, RegisteredDevice
-from tests.system.conftest import Device, registered, wait_for
+from tests.system.conftest import Device, provisioned, registered, wait_for
 from tests.system.test_mqtt import _more_rejected, _rejected, connect
 
 pytestmark = pytest.mark.usefixtures("devices")
@@ -253,3 +253,23 @@ async def test_a_device_cannot_answer_or_report_for_another(
     await asyncio.sleep(0.3)
     assert (await _get(mqtt_api, victim, f"/commands/{command['id']}"))["status"] == "queued"
     assert (await _get(mqtt_api, victim, "/state"))["reported"] == {}
+
+
+async def test_a_re_registered_device_does_not_inherit_the_old_desired_state(
+    mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
+) -> None:
+    [reg] = await registered(mqtt_api)
+    owner = reg.owner
+    r = await mqtt_api.client.put(
+        f"/api/v1/devices/{reg.id}/state/desired", json={"relay": True}, headers=owner.headers
+    )
+    assert r.status_code == 200
+    assert (
+        await mqtt_api.client.delete(f"/api/v1/devices/{reg.id}", headers=owner.headers)
+    ).status_code == 204
+    again = await mqtt_api.device(owner, mac=reg.id)
+    await provisioned(mqtt_api)
+    device = connect(broker, devices, again.id, again.token)
+    assert not device.subscribe(f"devices/{again.id}/state/desired")[0].is_failure
+    await asyncio.sleep(0.5)
+    assert _messages(device, "state/desired") == []

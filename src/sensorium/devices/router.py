@@ -87,6 +87,8 @@ async def delete_device(
     await session.commit()
     ctx.device_tokens.forget_device(device_id)
     ctx.broker_changed()
+    # A device registered later with the same MAC must not find this one's desired state.
+    await ctx.control.clear_desired(device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
