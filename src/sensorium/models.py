@@ -4,7 +4,7 @@ from sensorium.broker.models import BrokerChange
 from sensorium.control.models import Command, DeviceState
 from sensorium.db import Base
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
-from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
+from sensorium.telemetry.models import LatestValue, Point, Rollup, TelemetryKey
 from sensorium.users.models import RefreshToken, User
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "LatestValue",
     "Point",
     "RefreshToken",
+    "Rollup",
     "TelemetryKey",
     "User",
 ]

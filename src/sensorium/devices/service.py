@@ -23,7 +23,7 @@ from sensorium.protocol import (
     mac_to_int,
     normalize_mac,
 )
-from sensorium.telemetry.models import LatestValue, Point
+from sensorium.telemetry.models import LatestValue, Point, Rollup
 from sensorium.users.models import User
 from sensorium.users.security import hash_token, new_token
 
@@ -187,6 +187,7 @@ async def delete_device(
     num = mac_to_int(device.id)
     await session.execute(delete(Point).where(Point.device == num))
     await session.execute(delete(LatestValue).where(LatestValue.device == num))
+    await session.execute(delete(Rollup).where(Rollup.device == num))
     await session.execute(delete(DeviceCredential).where(DeviceCredential.device_id == device.id))
     if broker is not None:
         await broker.device_deleted(session, device.id)

@@ -40,3 +40,26 @@ class LatestValue(Base):
     key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     ts: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[float] = mapped_column(Float)
+
+
+class Rollup(Base):
+    """Per (device, key) and time bucket of one grain (1 min, 1 h, 1 day, UTC-aligned):
+    min, max, sum and count of the raw points (avg = sum / count), and the first and last
+    point. Kept exact by the batch writer (telemetry.rollups); kept after retention drops
+    the raw points, so long-range charts read these and not the points."""
+
+    __tablename__ = "rollups"
+
+    device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Bucket width in ms: 60_000, 3_600_000 or 86_400_000.
+    grain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    vmin: Mapped[float] = mapped_column(Float)
+    vmax: Mapped[float] = mapped_column(Float)
+    vsum: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(BigInteger)
+    first_ts: Mapped[int] = mapped_column(BigInteger)
+    first_value: Mapped[float] = mapped_column(Float)
+    last_ts: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float] = mapped_column(Float)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, func, literal, select, update
+from sqlalchemy import BigInteger, func, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.config import Settings
@@ -26,6 +26,7 @@ from sensorium.devices.service import OFFLINE_INTERVALS
 from sensorium.errors import NotFound, SensoriumError
 from sensorium.live.bus import LiveBus, status_event, telemetry_event
 from sensorium.protocol import Reading, mac_to_int
+from sensorium.telemetry import rollups
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
 
 log = logging.getLogger(__name__)
@@ -249,12 +250,17 @@ class BatchWriter:
             {"device": d, "key_id": k, "ts": t, "value": v} for (d, k, t), v in points.items()
         ]
         stmt = dialect_insert(session, Point)
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["device", "key_id", "ts"], set_={"value": stmt.excluded.value}
+        result = await session.execute(
+            stmt.on_conflict_do_nothing(index_elements=["device", "key_id", "ts"]).returning(
+                Point.device, Point.key_id, Point.ts
             ),
             rows,
         )
+        fresh: set[PointKey] = {(d, k, t) for d, k, t in result}
+        await rollups.add(session, rollups.increments((p, points[p]) for p in fresh))
+        if len(fresh) < len(points):
+            changed = await _overwrite(session, {p: v for p, v in points.items() if p not in fresh})
+            await rollups.recompute(session, changed)
         newest: dict[tuple[int, int], dict[str, Any]] = {}
         for row in rows:
             slot = (row["device"], row["key_id"])
@@ -280,11 +286,6 @@ _CREATE_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS sensorium_points_stage "
     "(device bigint, key_id integer, ts bigint, value double precision) ON COMMIT DELETE ROWS"
 )
-_MERGE_POINTS = (
-    "INSERT INTO points (device, key_id, ts, value) "
-    "SELECT device, key_id, ts, value FROM sensorium_points_stage "
-    "ON CONFLICT (device, key_id, ts) DO UPDATE SET value = EXCLUDED.value"
-)
 _MERGE_LATEST = (
     "INSERT INTO latest_values (device, key_id, ts, value) "
     "SELECT DISTINCT ON (device, key_id) device, key_id, ts, value FROM sensorium_points_stage "
@@ -309,8 +310,34 @@ async def _copy_store(session: AsyncSession, points: dict[PointKey, float]) -> N
     await driver.copy_records_to_table(
         _STAGE, records=records, columns=("device", "key_id", "ts", "value")
     )
-    await driver.execute(_MERGE_POINTS)
+    changed = await driver.fetch(rollups.PG_MERGE)
     await driver.execute(_MERGE_LATEST)
+    if changed:
+        await rollups.recompute(session, [(r[0], r[1], r[2]) for r in changed])
+
+
+async def _overwrite(session: AsyncSession, points: dict[PointKey, float]) -> list[PointKey]:
+    """Store points that already exist; returns those whose value actually changed."""
+    keys = sorted(points)
+    changed: list[PointKey] = []
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        stored = await session.execute(
+            select(Point.device, Point.key_id, Point.ts, Point.value).where(
+                tuple_(Point.device, Point.key_id, Point.ts).in_(chunk)
+            )
+        )
+        changed += [(d, k, t) for d, k, t, v in stored if v != points[(d, k, t)]]
+    if changed:
+        # ORM bulk UPDATE by primary key: one executemany.
+        await session.execute(
+            update(Point),
+            [
+                {"device": d, "key_id": k, "ts": t, "value": points[(d, k, t)]}
+                for d, k, t in changed
+            ],
+        )
+    return changed
 
 
 def _fail(job: _Job, exc: BaseException) -> None:

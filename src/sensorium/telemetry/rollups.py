@@ -1,0 +1,225 @@
+"""Rollups: min/max/sum/count and first/last per (device, key) and 1-minute, 1-hour and
+1-day bucket (UTC-aligned), kept exact by the batch writer in the same transaction as
+the points.
+
+- A point that is new adds to its three buckets (min/max/sum/count/first/last merge
+  exactly, in any order, so out-of-order points and backfills need nothing else).
+- A point that overwrites an existing one with a different value makes its buckets dirty:
+  they are recomputed from the raw points (rare: devices re-send identical values, which
+  change nothing).
+- A re-sent identical point changes nothing.
+
+The writer's PostgreSQL COPY path does all of it in one statement (`PG_MERGE`); the other
+paths (SQLite, small batches) compute the increments here in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sensorium.db import dialect_insert
+from sensorium.telemetry.models import Point, Rollup
+
+MINUTE = 60_000
+HOUR = 3_600_000
+DAY = 86_400_000
+GRAINS = (MINUTE, HOUR, DAY)
+
+# (device, key id, ts)
+PointKey = tuple[int, int, int]
+# (device, key id, grain, bucket start)
+BucketKey = tuple[int, int, int, int]
+
+
+@dataclass(slots=True)
+class Stats:
+    """An exact summary of some points of one key; merges with another in any order."""
+
+    vmin: float
+    vmax: float
+    vsum: float
+    n: int
+    first_ts: int
+    first_value: float
+    last_ts: int
+    last_value: float
+
+    @classmethod
+    def of(cls, ts: int, value: float) -> Stats:
+        return cls(value, value, value, 1, ts, value, ts, value)
+
+    def add(self, other: Stats) -> None:
+        self.vmin = min(self.vmin, other.vmin)
+        self.vmax = max(self.vmax, other.vmax)
+        self.vsum += other.vsum
+        self.n += other.n
+        if other.first_ts < self.first_ts:
+            self.first_ts, self.first_value = other.first_ts, other.first_value
+        if other.last_ts > self.last_ts:
+            self.last_ts, self.last_value = other.last_ts, other.last_value
+
+    def row(self, key: BucketKey) -> dict[str, Any]:
+        device, key_id, grain, bucket = key
+        return {
+            "device": device,
+            "key_id": key_id,
+            "grain": grain,
+            "bucket": bucket,
+            "vmin": self.vmin,
+            "vmax": self.vmax,
+            "vsum": self.vsum,
+            "n": self.n,
+            "first_ts": self.first_ts,
+            "first_value": self.first_value,
+            "last_ts": self.last_ts,
+            "last_value": self.last_value,
+        }
+
+
+def increments(points: Iterable[tuple[PointKey, float]]) -> dict[BucketKey, Stats]:
+    """What new points add to each of their buckets."""
+    out: dict[BucketKey, Stats] = {}
+    for (device, key_id, ts), value in points:
+        for grain in GRAINS:
+            slot = (device, key_id, grain, ts - ts % grain)
+            current = out.get(slot)
+            if current is None:
+                out[slot] = Stats.of(ts, value)
+            else:
+                current.add(Stats.of(ts, value))
+    return out
+
+
+def _least(session: AsyncSession, a: Any, b: Any) -> Any:
+    # SQLite's two-argument min()/max() are PostgreSQL's LEAST/GREATEST.
+    return func.min(a, b) if session.get_bind().dialect.name == "sqlite" else func.least(a, b)
+
+
+def _greatest(session: AsyncSession, a: Any, b: Any) -> Any:
+    return func.max(a, b) if session.get_bind().dialect.name == "sqlite" else func.greatest(a, b)
+
+
+async def add(session: AsyncSession, stats: Mapping[BucketKey, Stats]) -> None:
+    """Merge the increments into the stored buckets."""
+    if not stats:
+        return
+    stmt = dialect_insert(session, Rollup)
+    new = stmt.excluded
+    merged = stmt.on_conflict_do_update(
+        index_elements=["device", "key_id", "grain", "bucket"],
+        set_={
+            "vmin": _least(session, Rollup.vmin, new.vmin),
+            "vmax": _greatest(session, Rollup.vmax, new.vmax),
+            "vsum": Rollup.vsum + new.vsum,
+            "n": Rollup.n + new.n,
+            "first_value": case(
+                (new.first_ts < Rollup.first_ts, new.first_value), else_=Rollup.first_value
+            ),
+            "first_ts": _least(session, Rollup.first_ts, new.first_ts),
+            "last_value": case(
+                (new.last_ts > Rollup.last_ts, new.last_value), else_=Rollup.last_value
+            ),
+            "last_ts": _greatest(session, Rollup.last_ts, new.last_ts),
+        },
+    )
+    await session.execute(merged, [s.row(k) for k, s in sorted(stats.items())])
+
+
+async def recompute(session: AsyncSession, changed: Iterable[PointKey]) -> int:
+    """Rebuild the buckets of overwritten points from the raw points; returns how many."""
+    dirty = sorted({(d, k, g, ts - ts % g) for d, k, ts in changed for g in GRAINS})
+    for device, key_id, grain, bucket in dirty:
+        in_bucket = and_(
+            Point.device == device,
+            Point.key_id == key_id,
+            Point.ts >= bucket,
+            Point.ts < bucket + grain,
+        )
+        lo, hi, total, n, first_ts, last_ts = (
+            await session.execute(
+                select(
+                    func.min(Point.value),
+                    func.max(Point.value),
+                    func.sum(Point.value),
+                    func.count(),
+                    func.min(Point.ts),
+                    func.max(Point.ts),
+                ).where(in_bucket)
+            )
+        ).one()
+        key = (device, key_id, grain, bucket)
+        if not n:  # cannot happen for an overwrite; kept exact all the same
+            await session.execute(
+                Rollup.__table__.delete().where(  # type: ignore[attr-defined]
+                    Rollup.device == device,
+                    Rollup.key_id == key_id,
+                    Rollup.grain == grain,
+                    Rollup.bucket == bucket,
+                )
+            )
+            continue
+        edges = dict(
+            (
+                await session.execute(
+                    select(Point.ts, Point.value).where(
+                        in_bucket, Point.ts.in_([first_ts, last_ts])
+                    )
+                )
+            ).all()
+        )
+        stats = Stats(lo, hi, total, n, first_ts, edges[first_ts], last_ts, edges[last_ts])
+        stmt = dialect_insert(session, Rollup)
+        row = stats.row(key)
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["device", "key_id", "grain", "bucket"],
+                set_={c: stmt.excluded[c] for c in row if c not in key_columns},
+            ),
+            [row],
+        )
+    return len(dirty)
+
+
+key_columns = frozenset({"device", "key_id", "grain", "bucket"})
+
+
+# The COPY path: points from the staging table are inserted (or, where the value differs,
+# overwritten); the new ones are merged into their buckets in the same statement, and the
+# overwritten ones returned for `recompute`. (xmax = 0 marks a row this statement inserted;
+# the VALUES list is GRAINS, checked by tests/telemetry/test_rollups.py.)
+PG_MERGE = """
+WITH ins AS (
+    INSERT INTO points (device, key_id, ts, value)
+    SELECT device, key_id, ts, value FROM sensorium_points_stage
+    ON CONFLICT (device, key_id, ts) DO UPDATE SET value = EXCLUDED.value
+    WHERE points.value IS DISTINCT FROM EXCLUDED.value
+    RETURNING device, key_id, ts, value, (xmax = 0) AS fresh
+), roll AS (
+    INSERT INTO rollups (device, key_id, grain, bucket, vmin, vmax, vsum, n,
+                         first_ts, first_value, last_ts, last_value)
+    SELECT i.device, i.key_id, g.grain, i.ts - i.ts % g.grain,
+           min(i.value), max(i.value), sum(i.value), count(*),
+           min(i.ts), (array_agg(i.value ORDER BY i.ts))[1],
+           max(i.ts), (array_agg(i.value ORDER BY i.ts DESC))[1]
+    FROM ins i CROSS JOIN (VALUES (60000), (3600000), (86400000)) AS g(grain)
+    WHERE i.fresh
+    GROUP BY i.device, i.key_id, g.grain, i.ts - i.ts % g.grain
+    ON CONFLICT (device, key_id, grain, bucket) DO UPDATE SET
+        vmin = LEAST(rollups.vmin, EXCLUDED.vmin),
+        vmax = GREATEST(rollups.vmax, EXCLUDED.vmax),
+        vsum = rollups.vsum + EXCLUDED.vsum,
+        n = rollups.n + EXCLUDED.n,
+        first_value = CASE WHEN EXCLUDED.first_ts < rollups.first_ts
+                           THEN EXCLUDED.first_value ELSE rollups.first_value END,
+        first_ts = LEAST(rollups.first_ts, EXCLUDED.first_ts),
+        last_value = CASE WHEN EXCLUDED.last_ts > rollups.last_ts
+                          THEN EXCLUDED.last_value ELSE rollups.last_value END,
+        last_ts = GREATEST(rollups.last_ts, EXCLUDED.last_ts)
+)
+SELECT device, key_id, ts FROM ins WHERE NOT fresh
+"""
