@@ -6,6 +6,7 @@ run on SQLite and PostgreSQL (`--db=postgresql`)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -23,8 +24,8 @@ from sensorium.config import Settings
 from sensorium.db import create_engine, session_factory
 from sensorium.devices.models import Device
 from sensorium.protocol import Reading, mac_to_int
-from sensorium.telemetry import rollups
-from sensorium.telemetry.models import LatestValue, Point, Rollup
+from sensorium.telemetry import buckets, rollups, service
+from sensorium.telemetry.models import LatestValue, Point, Rollup, TelemetryKey
 from sensorium.telemetry.writer import COPY_THRESHOLD, BatchWriter
 from sensorium.users.models import User
 
@@ -170,3 +171,176 @@ def test_the_postgresql_statement_lists_the_grains() -> None:
 
 def test_device_ids_are_distinct_integers() -> None:
     assert len({mac_to_int(d) for d in DEVICES}) == len(DEVICES)
+
+
+TZS = ("UTC", "Europe/Berlin", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns")
+WINDOW = (BASE - 3 * rollups.DAY, BASE + 3 * rollups.DAY)
+
+
+@pytest.fixture
+def loaded(env: Env, runner: asyncio.Runner) -> Env:
+    """~1,700 points of two keys at irregular times over six days."""
+    import random
+
+    rng = random.Random(7)
+    entries: list[tuple[int, str, int, float]] = []
+    ts = WINDOW[0] + 12_345
+    while ts < WINDOW[1]:
+        entries.append((0, rng.choice(KEYS), ts, round(rng.uniform(-10, 40), 3)))
+        ts += rng.choices((997, 30_011, 61_003, 3_600_017), weights=(6, 3, 3, 1))[0]
+    runner.run(_reset(env))
+    for i in range(0, len(entries), 500):
+        runner.run(_write(env, entries[i : i + 500]))
+    return env
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    start=st.integers(*WINDOW),
+    span=st.integers(1, 4 * rollups.DAY),
+    interval=st.sampled_from(sorted(buckets.FIXED_MS) + list(buckets.CALENDAR)),
+    tz=st.sampled_from(TZS),
+)
+def test_aggregates_from_rollups_equal_those_of_the_raw_points(
+    loaded: Env, runner: asyncio.Runner, start: int, span: int, interval: str, tz: str
+) -> None:
+    end = start + span
+    zone = buckets.zone(tz)
+    plan = buckets.buckets(interval, start, end, zone)
+
+    async def compare() -> None:
+        async with loaded.sessions() as session:
+            got = await service.aggregate(
+                session, device_id=DEVICES[0], keys=None, from_ms=start, to_ms=end,
+                interval=interval, aggs=AGGS, tz=zone,
+            )  # fmt: skip
+            points = (
+                await session.execute(
+                    select(TelemetryKey.name, Point.ts, Point.value)
+                    .join(TelemetryKey, TelemetryKey.id == Point.key_id)
+                    .where(Point.ts >= max(start, plan.starts[0]), Point.ts < min(end, plan.end))
+                    .order_by(Point.ts)
+                )
+            ).all()
+        expected: dict[str, dict[int, list[tuple[int, float]]]] = {}
+        for name, ts, value in points:
+            bucket = max(b for b in plan.starts if b <= ts)
+            expected.setdefault(name, {}).setdefault(bucket, []).append((ts, value))
+        assert sorted(got) == sorted(expected)
+        for name, rows in got.items():
+            assert [r["bucket"] for r in rows] == sorted(expected[name])
+            for row in rows:
+                series = expected[name][int(row["bucket"])]
+                vals = [v for _, v in series]
+                assert row["count"] == len(vals)
+                assert (row["min"], row["max"]) == (min(vals), max(vals))
+                assert (row["first"], row["last"]) == (vals[0], vals[-1])
+                assert math.isclose(row["sum"], sum(vals), rel_tol=1e-9, abs_tol=1e-6)
+
+    if plan.starts:
+        runner.run(compare())
+
+
+AGGS = ("avg", "min", "max", "sum", "count", "first", "last")
+
+
+def test_sources_cover_the_range_once_coarsest_inside() -> None:
+    # Berlin days (boundaries at 23:00 UTC): hours inside, minutes and raw at the edges.
+    day = 86_400_000
+    boundaries = [day - 3_600_000, 2 * day - 3_600_000]
+    start, end = boundaries[0] - 0 + 61_500, boundaries[1]
+    sources = service.plan_sources(start, end, boundaries)
+    assert [s[0] for s in sources] == [None, rollups.MINUTE, rollups.HOUR]
+    assert sources[0][1] == start
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(sources))
+    assert sources[-1][2] == end
+    # Kolkata (+05:30): no hour divides its midnights; minutes do.
+    kolkata = [day - 19_800_000, 2 * day - 19_800_000]
+    assert {s[0] for s in service.plan_sources(kolkata[0], kolkata[1], kolkata)} == {rollups.MINUTE}
+
+
+def test_raw_points_gone_after_retention_the_rollups_still_answer(
+    loaded: Env, runner: asyncio.Runner
+) -> None:
+    zone = buckets.zone("UTC")
+    start, end = WINDOW[0] - WINDOW[0] % rollups.DAY, WINDOW[1] - WINDOW[1] % rollups.DAY
+
+    async def daily() -> dict[str, list[dict[str, float | int]]]:
+        async with loaded.sessions() as session:
+            return await service.aggregate(
+                session, device_id=DEVICES[0], keys=None, from_ms=start, to_ms=end,
+                interval="1d", aggs=AGGS, tz=zone,
+            )  # fmt: skip
+
+    before = runner.run(daily())
+    assert sum(int(r["count"]) for rows in before.values() for r in rows) > 1000
+    deleted = runner.run(service.apply_retention(loaded.sessions, older_than_ms=end))
+    assert deleted > 1000
+    assert runner.run(daily()) == before
+
+
+def test_the_migration_builds_rollups_for_points_stored_before_it(
+    request: pytest.FixtureRequest, tmp_path: Any, runner: asyncio.Runner
+) -> None:
+    import secrets
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from sensorium import migrate
+    from tests.conftest import POSTGRES_ADMIN_URL, _admin_execute
+
+    if request.config.getoption("--db") == "sqlite":
+        url, name = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}", ""
+    else:
+        name = f"sensorium_mig_{secrets.token_hex(4)}"
+        runner.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+        url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+    points = [(7, 1, BASE + i * 20_011, float(i % 13) - 3.5) for i in range(400)]
+    points += [(8, 2, BASE + i * 3_600_001, float(i)) for i in range(60)]
+
+    async def stored() -> dict[rollups.BucketKey, tuple[Any, ...]]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(text("SELECT * FROM rollups"))
+                return {
+                    (r.device, r.key_id, r.grain, r.bucket): (
+                        r.vmin, r.vmax, round(r.vsum, 6), r.n,
+                        r.first_ts, r.first_value, r.last_ts, r.last_value,
+                    )
+                    for r in rows
+                }  # fmt: skip
+        finally:
+            await engine.dispose()
+
+    async def insert_old_points() -> None:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("INSERT INTO points (device, key_id, ts, value) VALUES (:d, :k, :t, :v)"),
+                    [{"d": d, "k": k, "t": t, "v": v} for d, k, t, v in points],
+                )
+        finally:
+            await engine.dispose()
+
+    try:
+        migrate.upgrade(url, "0003")
+        runner.run(insert_old_points())
+        migrate.upgrade(url)
+        expected = {
+            key: (
+                s.vmin, s.vmax, round(s.vsum, 6), s.n,
+                s.first_ts, s.first_value, s.last_ts, s.last_value,
+            )
+            for key, s in rollups.increments(((d, k, t), v) for d, k, t, v in points).items()
+        }  # fmt: skip
+        assert runner.run(stored()) == expected
+    finally:
+        if name:
+            runner.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -33,6 +33,29 @@ def upgrade() -> None:
         sa.Column("last_value", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("device", "key_id", "grain", "bucket", name=op.f("pk_rollups")),
     )
+    # Points stored before this revision get their rollups now (same SQL on both databases).
+    op.execute(BACKFILL)
+
+
+BACKFILL = """
+INSERT INTO rollups (device, key_id, grain, bucket, vmin, vmax, vsum, n,
+                     first_ts, first_value, last_ts, last_value)
+SELECT s.device, s.key_id, s.grain, s.bucket, s.vmin, s.vmax, s.vsum, s.n,
+       s.first_ts,
+       (SELECT p.value FROM points p
+        WHERE p.device = s.device AND p.key_id = s.key_id AND p.ts = s.first_ts),
+       s.last_ts,
+       (SELECT p.value FROM points p
+        WHERE p.device = s.device AND p.key_id = s.key_id AND p.ts = s.last_ts)
+FROM (
+    SELECT points.device, points.key_id, g.grain, points.ts - points.ts % g.grain AS bucket,
+           min(points.value) AS vmin, max(points.value) AS vmax, sum(points.value) AS vsum,
+           count(*) AS n, min(points.ts) AS first_ts, max(points.ts) AS last_ts
+    FROM points
+    CROSS JOIN (SELECT 60000 AS grain UNION ALL SELECT 3600000 UNION ALL SELECT 86400000) g
+    GROUP BY points.device, points.key_id, g.grain, points.ts - points.ts % g.grain
+) s
+"""
 
 
 def downgrade() -> None:
