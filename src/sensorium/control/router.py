@@ -159,7 +159,9 @@ async def put_desired(
     await session.commit()
     if changed:
         ctx.bus.publish(control.state_event(row, now_ms=epoch_ms()))
-        await ctx.control.update_desired(device.id)
+    # Published even when nothing changed: a retry from the page reaches a device that
+    # missed the first message (it gets the same version again and reports it).
+    await ctx.control.update_desired(device.id)
     return _state_response(row)
 
 
