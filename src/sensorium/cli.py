@@ -154,7 +154,13 @@ def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvico
         log_level=settings.log_level,
         proxy_headers=True,
         access_log=settings.access_log,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
+
+
+# Long-polling devices and live browser streams would otherwise hold a stop for up to a
+# minute: they get this long to finish, then are cut (they reconnect to the next server).
+SHUTDOWN_GRACE_S = 5
 
 
 @app.command()
@@ -234,7 +240,8 @@ async def _demo_fleet(
     password: str,
     count: int,
 ) -> None:
-    """A small mixed fleet for the demo login, so the dashboard is alive on first open.
+    """A small mixed fleet for the demo login, so the dashboard is alive on first open,
+    its energy meters with controls (relay, blink) that the simulated devices obey.
     Registered once; later runs reuse data/demo-devices.json."""
     from sensorium.simulator.fleet import FleetConfig
     from sensorium.simulator.runner import SimulateOptions, local_utc_offset_s, simulate
@@ -256,6 +263,9 @@ async def _demo_fleet(
         from_file=devices_file if reuse else None,
         out=devices_file,
         handle_signals=False,  # the server owns SIGINT/SIGTERM and stops the fleet
+        # A relay switch and a "Blink" button on the energy meters' pages (kept if the
+        # user changed them).
+        declare_controls=True,
     )
     quiet = Console(file=io.StringIO())
     try:
@@ -287,6 +297,7 @@ def api(
         log_level=settings.log_level,
         proxy_headers=True,
         access_log=settings.access_log,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
 
 

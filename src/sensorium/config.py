@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     # Raw points older than this are rejected at ingest (and later dropped by retention).
     raw_retention_days: int = Field(90, ge=1)
+    # Rollups (1 min / 1 h / 1 day summaries) are kept forever unless this is set.
+    rollup_retention_days: int | None = Field(None, ge=1)
     # A device with no data for this long counts as offline when it never said its interval.
     offline_after_s: int = Field(180, ge=5)
 

@@ -42,6 +42,7 @@ SHARED_ENDPOINTS: list[tuple[str, str, Any]] = [
 USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/me", None),
     ("GET", "/api/v1/devices", None),
+    ("GET", "/api/v1/telemetry.csv", None),
     ("POST", "/api/v1/devices", {"mac": "02:00:00:00:00:01", "name": "x"}),
 ]
 DEVICE_ENDPOINTS: list[tuple[str, str, Any]] = [

@@ -4,6 +4,7 @@ and bad input that changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -321,3 +322,34 @@ async def test_unknown_device_and_unknown_command(api: Api) -> None:
     r = await api.client.get(_url(device, "/c_nope"), headers=owner.headers)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "command_not_found"
+
+
+async def test_a_long_poll_ends_when_the_device_hangs_up(settings: Settings) -> None:
+    from sensorium.api.app import create_app
+    from tests.helpers import serving
+
+    app = create_app(settings)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as client:
+        api = Api(client)
+        device = await api.device(await api.account())
+        fanout = app.state.ctx.bus.fanout
+        before = fanout.subscriber_count()
+        for path in ("/commands?wait=60", "/state?wait=60"):
+            url = f"/api/v1/devices/{device.id}{path}"
+            headers = {**device.headers, "If-None-Match": "*"}
+            async with httpx.AsyncClient(base_url=base) as poller:
+                polling = asyncio.create_task(poller.get(url, headers=headers))
+                for _ in range(50):
+                    await asyncio.sleep(0.05)
+                    if fanout.subscriber_count() > before:
+                        break
+                assert fanout.subscriber_count() == before + 1
+                polling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await polling
+            # The server notices within about a second and lets go of the wait.
+            for _ in range(60):
+                if fanout.subscriber_count() == before:
+                    break
+                await asyncio.sleep(0.05)
+            assert fanout.subscriber_count() == before, path

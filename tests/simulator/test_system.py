@@ -9,8 +9,7 @@ import io
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from sensorium.simulator.runner import SimulateError, SimulateOptions, simulate
 from sensorium.telemetry.models import Point
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.helpers import Account, Api, serving
+from tests.simulator.conftest import Served
 from tests.system.conftest import provisioned, wait_for
 
 KEYS = {
@@ -168,21 +168,6 @@ async def test_http_fleet_stores_exactly_what_it_sent_including_a_backfill(api: 
     assert r.json()["firmware_version"] == config.firmware
 
 
-@dataclass
-class Served:
-    url: str
-    app: Any
-    broker: EmbeddedBroker
-
-
-@pytest.fixture
-async def served(settings: Settings, broker: EmbeddedBroker) -> AsyncIterator[Served]:
-    """The app on a real HTTP port with MQTT ingest: what `sensorium serve` runs."""
-    app = create_app(settings, broker=broker.address)
-    async with serving(app) as url:
-        yield Served(url, app, broker)
-
-
 async def test_simulate_registers_saves_credentials_reuses_them_and_stops_on_ctrl_c(
     served: Served, tmp_path: Path
 ) -> None:
@@ -257,7 +242,9 @@ async def test_registering_into_an_existing_file_keeps_its_credentials(
                 devices=devices,
                 transport="http",
                 profile="climate",
-                config=FleetConfig(interval_s=0.2, seed=seed),
+                # Short long-polls: the server ends a poll only when its wait is over, even
+                # after the device went away, and uvicorn waits for it before stopping.
+                config=FleetConfig(interval_s=0.2, seed=seed, poll_wait_s=2),
                 duration_s=0.5,
                 register=True,
                 api_url=url,

@@ -214,3 +214,51 @@ async def test_delta_sums_counter_increases_across_resets_per_local_day(api: Api
     days = {row["start"][:10]: row["delta"] for row in r.json()["series"]["energy"]}
     # 24 hourly increases, 25 on the long day, each 0.5 kWh (the reset hour included).
     assert days == {"2026-10-24": 12.0, "2026-10-25": 12.5, "2026-10-26": 12.0}
+
+
+async def test_fleet_csv_export_covers_several_devices_and_only_yours(api: Api) -> None:
+    owner, other = await api.account(), await api.account()
+    first, second = await api.device(owner, name="a"), await api.device(owner, name="b")
+    foreign = await api.device(other)
+    base = ms("2026-11-20T10:00:00+00:00")
+    for n, device in enumerate((first, second, foreign)):
+        await store(
+            api, device, [Reading(ts=base + m * 60_000, key="p", value=float(n)) for m in range(3)]
+        )
+    window = {"from": str(base), "to": str(base + 3_600_000)}
+    r = await api.client.get(
+        "/api/v1/telemetry.csv",
+        params={**window, "devices": f"{first.id},{second.id}"},
+        headers=owner.headers,
+    )
+    assert r.status_code == 200, r.text
+    lines = r.text.splitlines()
+    assert lines[0] == "device,ts,key,value"
+    assert lines[1] == f"{first.id},2026-11-20T10:00:00.000+00:00,p,0.0"
+    assert sorted({line.split(",")[0] for line in lines[1:]}) == sorted([first.id, second.id])
+    assert len(lines) == 7
+    # All of the owner's devices when none are named; never someone else's.
+    r = await api.client.get(
+        "/api/v1/telemetry.csv", params={**window, "interval": "1h"}, headers=owner.headers
+    )
+    lines = r.text.splitlines()
+    assert lines[0] == "device,bucket,key,min,avg,max,count"
+    assert sorted(lines[1:]) == sorted(
+        [
+            f"{first.id},2026-11-20T10:00:00.000+00:00,p,0.0,0.0,0.0,3",
+            f"{second.id},2026-11-20T10:00:00.000+00:00,p,1.0,1.0,1.0,3",
+        ]
+    )
+    r = await api.client.get(
+        "/api/v1/telemetry.csv",
+        params={**window, "devices": f"{first.id},{foreign.id}"},
+        headers=owner.headers,
+    )
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "device_not_found"
+    many = ",".join(f"0200000{i:05x}" for i in range(101))
+    r = await api.client.get(
+        "/api/v1/telemetry.csv", params={"devices": many}, headers=owner.headers
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "devices"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import select, update
 
 from sensorium.devices.models import Device
 from sensorium.protocol import Reading
+from sensorium.telemetry.models import Point
+from sensorium.telemetry.partitions import WEEK, existing, week_of
 from sensorium.worker.scheduler import Scheduler
 from tests.helpers import Api
 
@@ -50,10 +53,50 @@ async def test_retention_deletes_only_raw_points_older_than_the_window(api: Api)
     )
     sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
     scheduler = Scheduler(sessions, retention_days=30)
-    deleted = await scheduler.apply_retention()
-    assert deleted == len(range(30, 100, 3))
+    await scheduler.apply_retention()
     r = await api.client.get(
         f"/api/v1/devices/{device.id}/telemetry", params={"limit": 1000}, headers=owner.headers
     )
     assert sorted(p["value"] for p in r.json()["points"]) == [float(d) for d in range(0, 30, 3)]
     assert await scheduler.apply_retention() == 0
+
+
+async def test_postgresql_points_are_partitioned_by_week_and_retention_drops_partitions(
+    api: Api,
+) -> None:
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with sessions() as session:
+        conn = await session.connection()
+        if conn.dialect.name != "postgresql":
+            pytest.skip("partitions are a PostgreSQL feature; SQLite deletes by range")
+    owner = await api.account()
+    device = await api.device(owner)
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    writer = api.client.app.state.ctx.writer  # type: ignore[attr-defined]
+    # A backfill reaching 60 days back: its weeks get partitions on demand.
+    await writer.write(
+        device.id, [Reading(ts=now - d * day, key="t", value=float(d)) for d in range(60)]
+    )
+    weeks = {week_of(now - d * day) for d in range(60)}
+    async with sessions() as session:
+        assert weeks <= await existing(await session.connection())
+    scheduler = Scheduler(sessions, retention_days=30)
+    await scheduler.apply_retention()
+    cutoff = now - 30 * day
+    async with sessions() as session:
+        remaining = await existing(await session.connection())
+        kept = sorted(await session.scalars(select(Point.ts).order_by(Point.ts)))
+    assert all((w + 1) * WEEK > cutoff for w in remaining)
+    assert {w for w in weeks if (w + 1) * WEEK <= cutoff}.isdisjoint(remaining)
+    # Partitions for the coming weeks were made ahead.
+    assert {week_of(now) + 1, week_of(now) + 2} <= remaining
+    assert kept == sorted(now - d * day for d in range(30))  # day 30 is just past the cutoff
+    # The daily rollups still cover the dropped days.
+    r = await api.client.get(
+        f"/api/v1/devices/{device.id}/telemetry",
+        params={"from": str(now - 60 * day), "to": str(now + 1), "interval": "1d",
+                "agg": "count"},
+        headers=owner.headers,
+    )  # fmt: skip
+    assert sum(row["count"] for row in r.json()["series"]["t"]) == 60

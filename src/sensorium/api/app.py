@@ -29,6 +29,7 @@ from sensorium.live.bus import make_bus
 from sensorium.live.router import router as live_router
 from sensorium.ratelimit import RateLimiter, make_storage
 from sensorium.telemetry.router import csv_router as telemetry_csv_router
+from sensorium.telemetry.router import fleet_csv_router
 from sensorium.telemetry.router import router as telemetry_router
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.users.router import router as users_router
@@ -158,6 +159,7 @@ def create_app(
     api.include_router(control_router, responses=documented)
     api.include_router(telemetry_router, responses=documented)
     api.include_router(telemetry_csv_router, responses=documented)
+    api.include_router(fleet_csv_router, responses=documented)
     api.include_router(live_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())

@@ -55,17 +55,27 @@ async def _following(ctx: AppContext, device_id: str) -> AsyncIterator[Subscript
         subscription.close()
 
 
+class ClientGone(Exception):
+    """The client hung up while it waited."""
+
+
 async def _next_event(
-    subscription: Subscription, deadline: float, wanted: Callable[[Event], bool]
+    subscription: Subscription,
+    deadline: float,
+    wanted: Callable[[Event], bool],
+    request: Request | None = None,
 ) -> bool:
-    """Sleep until a wanted event (True), or RECHECK_S / the deadline passed (False)."""
+    """Sleep until a wanted event (True), or RECHECK_S / the deadline passed (False).
+    Raises ClientGone when the client disconnected (checked every second)."""
     loop = asyncio.get_running_loop()
     until = min(deadline, loop.time() + RECHECK_S)
     while (remaining := until - loop.time()) > 0:
         try:
-            event = await asyncio.wait_for(subscription.get(), remaining)
+            event = await asyncio.wait_for(subscription.get(), min(remaining, 1.0))
         except TimeoutError:
-            return False
+            if request is not None and await request.is_disconnected():
+                raise ClientGone from None
+            continue
         if event is None:
             await asyncio.sleep(remaining)  # the subscription fell behind: poll instead
             return False
@@ -109,6 +119,7 @@ async def _owned_device_id(ctx: AppContext, principal: Any, device_id: str) -> s
 )
 async def get_state(
     device_id: str,
+    request: Request,
     principal: Principal,
     ctx: ContextDep,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -128,7 +139,10 @@ async def get_state(
                 return _state_response(row)
             if loop.time() >= deadline:
                 return Response(status_code=304, headers={"ETag": control.state_etag(row)})
-            await _next_event(subscription, deadline, lambda e: e.kind == "state")
+            try:
+                await _next_event(subscription, deadline, lambda e: e.kind == "state", request)
+            except ClientGone:
+                return Response(status_code=304)
 
 
 def _if_match_version(header: str | None) -> int | None:
@@ -287,6 +301,7 @@ async def create_command(
 )
 async def commands(
     device_id: str,
+    request: Request,
     principal: Principal,
     ctx: ContextDep,
     wait: Annotated[int, Query(ge=0, le=MAX_POLL_WAIT_S, description="Device long-poll")] = 0,
@@ -299,7 +314,7 @@ async def commands(
     The device (its token): its next commands, waiting up to `wait` seconds for one; they
     become `sent`. `204` when none came."""
     if isinstance(principal, str):
-        return await _poll(ctx, principal, wait)
+        return await _poll(ctx, principal, wait, request)
     async with ctx.sessions() as session:
         device = await devices.get_device(session, owner=principal, device_id=device_id)
         found = await control.list_commands(
@@ -309,7 +324,7 @@ async def commands(
     return Response(orjson.dumps(items), media_type="application/json")
 
 
-async def _poll(ctx: AppContext, device_id: str, wait: int) -> Response:
+async def _poll(ctx: AppContext, device_id: str, wait: int, request: Request) -> Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     async with _following(ctx, device_id) as subscription:
@@ -324,11 +339,15 @@ async def _poll(ctx: AppContext, device_id: str, wait: int) -> Response:
                 return Response(orjson.dumps(messages), media_type="application/json")
             if loop.time() >= deadline:
                 return Response(status_code=status.HTTP_204_NO_CONTENT)
-            await _next_event(
-                subscription,
-                deadline,
-                lambda e: e.kind == "command" and e.data["command"]["status"] == "queued",
-            )
+            try:
+                await _next_event(
+                    subscription,
+                    deadline,
+                    lambda e: e.kind == "command" and e.data["command"]["status"] == "queued",
+                    request,
+                )
+            except ClientGone:
+                return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{device_id}/commands/{command_id}")

@@ -9,10 +9,9 @@ reconnects with jittered exponential backoff.
 A reading counts as sent only when the server side acknowledged it (MQTT PUBACK, HTTP
 202), so the fleet's count is what the server must have stored.
 
-Downlink (commands, desired state) is not simulated yet. It slots in as one more step
-of `SimDevice.run`: the links get a `subscribe`/poll for the device's downlink topics and
-the device a table of handlers keyed by command name (`reboot`, `set_interval`, …) that
-return the result document published on the command's result topic.
+Downlink arrives through the link (MQTT subscriptions, HTTP long-polls) into the device's
+inbox; the device's task applies it with its `DeviceControl` and sends the answers
+(reported state, command results) between its other sends.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import asyncio
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,9 +31,11 @@ import httpx
 import orjson
 
 from sensorium import __version__
+from sensorium.protocol import CommandMessage, StateDocument
 from sensorium.simulator.buffer import Document, Entry, Outbox
+from sensorium.simulator.control import DeviceControl, Reply
 from sensorium.simulator.links import HttpLink, Link, LinkError, MqttLink
-from sensorium.simulator.signals import Profile, SignalModel, make_model
+from sensorium.simulator.signals import EnergyModel, Profile, SignalModel, make_model
 
 Transport = Literal["mqtt", "http"]
 TRANSPORTS: tuple[Transport, ...] = ("mqtt", "http")
@@ -70,12 +71,20 @@ class FleetConfig:
     seed: int = 1
     utc_offset_s: int = 0
     firmware: str = f"{__version__}-sim"
+    # Receive desired state and commands (MQTT subscriptions, HTTP long-polls of
+    # `poll_wait_s`); off, the devices only send, as in a pure ingest benchmark.
+    downlink: bool = True
+    poll_wait_s: int = 30
+    # How long a `reboot` command keeps the device off the network.
+    reboot_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offline_ratio < 1.0:
             raise ValueError("offline_ratio must be at least 0 and below 1")
         if self.interval_s <= 0 or self.outage_s <= 0 or self.ramp_per_s <= 0:
             raise ValueError("interval, outage length and ramp must be positive")
+        if not 1 <= self.poll_wait_s <= 60 or self.reboot_s < 0:
+            raise ValueError("poll_wait_s must be 1..60 and reboot_s not negative")
 
 
 class OutageSchedule:
@@ -131,6 +140,11 @@ class FleetStats:
     status_messages: int = 0
     connects: int = 0
     rejected_points: int = 0
+    commands_answered: int = 0
+    # Expired before they arrived, or delivered twice: not answered.
+    commands_ignored: int = 0
+    state_reports: int = 0
+    reboots: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -148,6 +162,10 @@ class FleetSnapshot:
     status_messages: int
     connects: int
     rejected_points: int
+    commands_answered: int
+    commands_ignored: int
+    state_reports: int
+    reboots: int
     errors: dict[str, int]
 
     @property
@@ -156,7 +174,9 @@ class FleetSnapshot:
 
 
 class SimDevice:
-    """One simulated device: a single task, so its outbox is only touched between sends."""
+    """One simulated device: a single task, so its outbox and its control state are only
+    touched between sends. Downlink arrives (from paho callbacks or HTTP poll tasks) into
+    an inbox that this task works through."""
 
     def __init__(
         self,
@@ -178,9 +198,17 @@ class SimDevice:
         self.model = model or make_model(
             spec.profile, seed=config.seed, device=spec.device_id, utc_offset_s=config.utc_offset_s
         )
+        self.control = DeviceControl(
+            profile=spec.profile,
+            interval_s=config.interval_s,
+            rng=random.Random(f"sensorium-sim/{config.seed}/{spec.device_id}/control"),
+        )
         self.outbox = Outbox(config.outbox_entries)
         self.points_sent = 0
         self.backfills = 0
+        self.commands_answered = 0
+        self.state_reports = 0
+        self.reboots = 0
         self.booted = False
         self.offline = False
         self._rng = random.Random(f"sensorium-sim/{config.seed}/{spec.device_id}/device")
@@ -192,6 +220,10 @@ class SimDevice:
         self._booted_at = 0.0
         self._stopping = False
         self._wake: asyncio.Future[None] | None = None
+        self._inbox: deque[StateDocument | CommandMessage] = deque()
+        self._replies: deque[Reply] = deque()
+        if config.downlink:
+            link.attach(self)
 
     @property
     def device_id(self) -> str:
@@ -199,8 +231,22 @@ class SimDevice:
 
     def stop(self) -> None:
         self._stopping = True
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        self._poke()
+
+    # --- DownlinkSink (called on the loop, maybe inside a paho callback) --------------------
+
+    def on_desired(self, doc: StateDocument) -> None:
+        self._inbox.append(doc)
+        self._poke()
+
+    def on_command(self, message: CommandMessage) -> None:
+        self._inbox.append(message)
+        self._poke()
+
+    def on_link_error(self, kind: str) -> None:
+        self.stats.errors[kind] += 1
+
+    # -------------------------------------------------------------------------------------
 
     async def run(self, *, started_at: float, boot_at: float) -> None:
         loop = asyncio.get_running_loop()
@@ -213,11 +259,13 @@ class SimDevice:
             if self.link.connected:
                 # Powered off: the will tells the server at once instead of after 3 intervals.
                 await self.link.drop()
+            await self.link.close()
 
     async def _run(self, loop: asyncio.AbstractEventLoop, started_at: float) -> None:
         config = self.config
         self.booted = True
         self._booted_at = now = loop.time()
+        interval = self.control.interval_s
         next_sample = now
         next_status = math.inf
         retry_at = now
@@ -227,15 +275,21 @@ class SimDevice:
             self.offline = self.schedule.offline_at(now - started_at)
             if self.offline and self.link.connected:
                 await self.link.drop()
+            if self.control.interval_s != interval:
+                # A new interval applies from now, not after the current (maybe long) wait.
+                interval = self.control.interval_s
+                next_sample = min(next_sample, now + interval)
             if now >= next_sample:
                 self._sample()
                 # Skip ticks missed while busy rather than sampling in a burst.
-                missed = math.floor((now - next_sample) / config.interval_s)
-                next_sample += (missed + 1) * config.interval_s
+                missed = math.floor((now - next_sample) / interval)
+                next_sample += (missed + 1) * interval
             if self.offline or now < retry_at:
                 pass
             elif not self.link.connected:
                 try:
+                    # Whatever it holds is reported once the server answers the connect.
+                    self.control.reconnected()
                     await self.link.connect()
                     self.stats.connects += 1
                     await self._send_status(now)
@@ -249,6 +303,9 @@ class SimDevice:
                 continue  # send what waited for the connection
             else:
                 try:
+                    if await self._serve_downlink():
+                        retry_at = await self._reboot(loop)
+                        continue
                     if now >= next_status:
                         next_status = now + config.status_every_s
                         await self._send_status(now)
@@ -260,19 +317,77 @@ class SimDevice:
                     backoff = min(backoff * 2, config.max_backoff_s)
                     continue
                 backoff = 1.0
-                if len(self.outbox):
-                    continue  # still backfilling: send the next batch without waiting
+                if len(self.outbox) or self._downlink_waiting:
+                    continue  # still backfilling or answering: go on without waiting
             wake_at = min(next_sample, started_at + self.schedule.next_change(now - started_at))
             if not self.offline:
                 if self.link.connected:
                     wake_at = min(wake_at, next_status)
-                if not self.link.connected or len(self.outbox):
+                if not self.link.connected or len(self.outbox) or self._downlink_waiting:
                     wake_at = min(wake_at, retry_at)
             await self._sleep_until(wake_at)
+
+    @property
+    def _downlink_waiting(self) -> bool:
+        return bool(self._inbox or self._replies or self.control.report_due)
+
+    @property
+    def uptime_s(self) -> float:
+        return max(0.0, asyncio.get_running_loop().time() - self._booted_at)
+
+    async def _serve_downlink(self) -> bool:
+        """Apply what arrived, then send the command results and the reported state; True
+        when a delivered result asked for a reboot."""
+        control = self.control
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, StateDocument):
+                control.apply_desired(item)
+                continue
+            reply = control.handle_command(
+                item, now_ms=time.time_ns() // 1_000_000, uptime_s=self.uptime_s
+            )
+            if reply is None:
+                self.stats.commands_ignored += 1
+            else:
+                self._replies.append(reply)
+        while self._replies:
+            reply = self._replies[0]
+            try:
+                await self.link.send_result(reply.command_id, reply.result.to_json())
+            except LinkError as exc:
+                if exc.fatal:
+                    self._replies.popleft()  # the server will not take it: finished already
+                raise
+            self._replies.popleft()
+            self.stats.commands_answered += 1
+            self.commands_answered += 1
+            if reply.reboot:
+                return True
+        if control.report_due:
+            await self.link.send_reported(control.report().to_json())
+            control.reported()
+            self.stats.state_reports += 1
+            self.state_reports += 1
+        return False
+
+    async def _reboot(self, loop: asyncio.AbstractEventLoop) -> float:
+        """Restart like the firmware: off the network for `reboot_s`, what was in RAM (the
+        downlink not handled yet) lost, uptime from zero. Returns when to reconnect."""
+        await self.link.drop()
+        self._inbox.clear()
+        self._replies.clear()
+        self.reboots += 1
+        self.stats.reboots += 1
+        self._booted_at = loop.time() + self.config.reboot_s
+        return self._booted_at
 
     def _sample(self) -> None:
         ts = max(time.time_ns() // 1_000_000, self._last_ts + 1)
         self._last_ts = ts
+        if isinstance(self.model, EnergyModel):
+            # The meter sits behind the relay: switched off, the circuit draws nothing.
+            self.model.powered = self.control.state.get("relay") is not False
         self.outbox.append(Entry(ts, self.model.sample(ts)))
 
     async def _send_next(self) -> None:
@@ -305,11 +420,11 @@ class SimDevice:
         doc = {
             "online": True,
             "fw": self.config.firmware,
-            "uptime_s": int(now - self._booted_at),
+            "uptime_s": int(max(0.0, now - self._booted_at)),
             "rssi": max(-100, min(-30, self._rssi + round(rng.gauss(0, 3)))),
             "ip": self._ip,
             "free_heap": self._heap + rng.randint(-4096, 4096),
-            "interval_s": max(1, round(self.config.interval_s)),
+            "interval_s": self.control.state["interval_s"],
         }
         await self.link.send_status(orjson.dumps(doc))
         self.stats.status_messages += 1
@@ -317,8 +432,13 @@ class SimDevice:
     def _jitter(self, seconds: float) -> float:
         return seconds * self._rng.uniform(0.8, 1.2)
 
+    def _poke(self) -> None:
+        """Wake the task if it sleeps (a stop, or downlink to handle)."""
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
     async def _sleep_until(self, deadline: float) -> None:
-        """Sleep until `deadline` (loop time) or until `stop()`; one timer, no extra task."""
+        """Sleep until `deadline` (loop time) or until poked; one timer, no extra task."""
         loop = asyncio.get_running_loop()
         delay = deadline - loop.time()
         if delay <= 0 or self._stopping:
@@ -367,6 +487,9 @@ class Fleet:
         self._api_url = api_url
         self._http = http_client
         self._own_http = False
+        # HTTP long-polls: their own pool without a limit (each device holds its polls
+        # open, as a real one holds its connection), so they never starve the sends.
+        self._poll_http: httpx.AsyncClient | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.devices: list[SimDevice] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -411,7 +534,21 @@ class Fleet:
                 ),
             )
             self._own_http = True
-        return HttpLink(spec.device_id, spec.token, client=self._http)
+        if self._own_http and self.config.downlink and self._poll_http is None:
+            self._poll_http = httpx.AsyncClient(
+                base_url=self._api_url or "",
+                timeout=self.config.timeout_s,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+            )
+        return HttpLink(
+            spec.device_id,
+            spec.token,
+            client=self._http,
+            poll_client=self._poll_http,
+            poll_wait_s=self.config.poll_wait_s,
+            timeout_s=self.config.timeout_s,
+            max_backoff_s=self.config.max_backoff_s,
+        )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -477,6 +614,9 @@ class Fleet:
         if self._own_http and self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._poll_http is not None:
+            await self._poll_http.aclose()
+            self._poll_http = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -501,6 +641,10 @@ class Fleet:
             status_messages=stats.status_messages,
             connects=stats.connects,
             rejected_points=stats.rejected_points,
+            commands_answered=stats.commands_answered,
+            commands_ignored=stats.commands_ignored,
+            state_reports=stats.state_reports,
+            reboots=stats.reboots,
             errors=dict(stats.errors),
         )
 

@@ -2,7 +2,9 @@
 the event loop, no thread per device) or HTTP requests with its token.
 
 Both raise `LinkError` with a short `kind` the summary counts by; a send returns only
-once the server side acknowledged it (MQTT: the broker's PUBACK; HTTP: 202 after commit).
+once the server side acknowledged it (MQTT: the broker's PUBACK; HTTP: 2xx after commit).
+Downlink (desired state, commands) goes to the device's `DownlinkSink`: MQTT delivers
+it on the device's subscriptions, HTTP long-polls for it while the device is online.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+import random
+import time
+from collections.abc import Callable, Collection
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -20,10 +24,26 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sensorium.protocol import status_topic, telemetry_topic
+from sensorium.protocol import (
+    CommandMessage,
+    PayloadError,
+    StateDocument,
+    command_result_topic,
+    commands_topic,
+    parse_command_message,
+    parse_state_document,
+    state_desired_topic,
+    state_reported_topic,
+    status_topic,
+    telemetry_topic,
+    validate_command_message,
+    validate_state_document,
+)
 
 OFFLINE_STATUS = b'{"online": false}'
 API_PREFIX = "/api/v1"
+# Statuses after which sending the same document again cannot succeed.
+_REFUSED = frozenset({400, 413, 415, 422})
 
 
 class LinkError(Exception):
@@ -40,11 +60,27 @@ class LinkError(Exception):
         self.fatal = fatal
 
 
+class DownlinkSink(Protocol):
+    """Where a link delivers what the server sent the device (called on the event loop,
+    possibly from inside a paho callback: it must not block or await)."""
+
+    def on_desired(self, doc: StateDocument) -> None: ...
+
+    def on_command(self, message: CommandMessage) -> None: ...
+
+    def on_link_error(self, kind: str) -> None:
+        """A downlink problem the device itself does not see (counted like send errors)."""
+
+
 class Link(Protocol):
     """One device's connection to the server."""
 
     @property
     def connected(self) -> bool: ...
+
+    def attach(self, sink: DownlinkSink) -> None:
+        """Receive downlink from now on (from the next `connect`); without a sink the
+        link neither subscribes nor polls."""
 
     async def connect(self) -> None: ...
 
@@ -52,8 +88,15 @@ class Link(Protocol):
 
     async def send_telemetry(self, payload: bytes) -> None: ...
 
+    async def send_reported(self, payload: bytes) -> None: ...
+
+    async def send_result(self, command_id: str, payload: bytes) -> None: ...
+
     async def drop(self) -> None:
         """Leave the network like a device losing Wi-Fi (MQTT: the broker sends the will)."""
+
+    async def close(self) -> None:
+        """Release everything (idempotent; after `drop` too)."""
 
     def tick(self) -> None:
         """Housekeeping once a second (MQTT keep-alive)."""
@@ -89,14 +132,22 @@ class MqttLink:
         self._timeout_s = timeout_s
         self._status_topic = status_topic(device_id)
         self._telemetry_topic = telemetry_topic(device_id)
+        self._reported_topic = state_reported_topic(device_id)
+        self._desired_topic = state_desired_topic(device_id)
+        self._commands_topic = commands_topic(device_id)
+        self._sink: DownlinkSink | None = None
         self._client: mqtt.Client | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._pending: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._closed: asyncio.Event = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.is_connected()
+
+    def attach(self, sink: DownlinkSink) -> None:
+        self._sink = sink
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,6 +162,8 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
         sockets = _LoopSockets(loop)
         client.on_socket_open = sockets.opened
         client.on_socket_close = sockets.closed
@@ -139,12 +192,39 @@ class MqttLink:
         if reason.is_failure:
             self._abort()
             raise LinkError("connect_refused", str(reason))
+        if self._sink is not None:
+            await self._subscribe(client, self._sink)
+
+    async def _subscribe(self, client: mqtt.Client, sink: DownlinkSink) -> None:
+        """Subscribe to the device's desired state (retained: it arrives at once) and
+        commands. A refusal is counted but the connection kept: telemetry still works."""
+        result, mid = client.subscribe([(self._desired_topic, 1), (self._commands_topic, 1)])
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            self._abort()
+            raise LinkError("subscribe_failed", mqtt.error_string(result))
+        future: asyncio.Future[list[ReasonCode]] = asyncio.get_running_loop().create_future()
+        self._subacks[mid] = future
+        try:
+            reasons = await asyncio.wait_for(future, self._timeout_s)
+        except TimeoutError:
+            self._abort()
+            raise LinkError("subscribe_timeout") from None
+        finally:
+            self._subacks.pop(mid, None)
+        if any(reason.is_failure for reason in reasons):
+            sink.on_link_error("subscribe_refused")
 
     async def send_status(self, payload: bytes) -> None:
         await self._publish(self._status_topic, payload, retain=True)
 
     async def send_telemetry(self, payload: bytes) -> None:
         await self._publish(self._telemetry_topic, payload, retain=False)
+
+    async def send_reported(self, payload: bytes) -> None:
+        await self._publish(self._reported_topic, payload, retain=False)
+
+    async def send_result(self, command_id: str, payload: bytes) -> None:
+        await self._publish(command_result_topic(self.device_id, command_id), payload, retain=False)
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         client = self._client
@@ -202,10 +282,11 @@ class MqttLink:
         self._closed.set()
 
     def _fail_pending(self, kind: str) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(LinkError(kind))
-        self._pending.clear()
+        for waiting in (self._pending, self._subacks):
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(LinkError(kind))
+            waiting.clear()
 
     # --- paho callbacks (event loop thread) -------------------------------------------
 
@@ -227,6 +308,26 @@ class MqttLink:
         future = self._pending.get(mid)
         if future is not None and not future.done():
             future.set_result(reason)
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any
+    ) -> None:
+        future = self._subacks.get(mid)
+        if future is not None and not future.done():
+            future.set_result(list(reasons))
+
+    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        sink = self._sink
+        if sink is None or client is not self._client or not message.payload:
+            return  # an empty retained message only clears the topic
+        payload = bytes(message.payload)
+        try:
+            if message.topic == self._desired_topic:
+                sink.on_desired(parse_state_document(payload))
+            elif message.topic == self._commands_topic:
+                sink.on_command(parse_command_message(payload))
+        except PayloadError:
+            sink.on_link_error("bad_downlink")
 
 
 class _LoopSockets:
@@ -264,41 +365,112 @@ class _LoopSockets:
 
 class HttpLink:
     """A device on the HTTP API: `Authorization: Bearer <token>`. There is no connection
-    to hold; "connected" means the server accepted the device's last request."""
+    to hold; "connected" means the server accepted the device's last request.
 
-    def __init__(self, device_id: str, token: str, *, client: httpx.AsyncClient) -> None:
+    While connected and given a sink, two long-polls run (like the firmware's): one for
+    commands, one for the desired state (ETag / `If-None-Match`). They stop on `drop` and
+    `close`, and start over on `connect`: the first state request asks without an ETag,
+    so the device reports what it holds after every (re)connect. Long-polls may use their
+    own client (`poll_client`): each waits up to `poll_wait_s` on a connection of its own.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        token: str,
+        *,
+        client: httpx.AsyncClient,
+        poll_client: httpx.AsyncClient | None = None,
+        poll_wait_s: int = 30,
+        timeout_s: float = 10.0,
+        max_backoff_s: float = 60.0,
+        min_poll_gap_s: float = 0.5,
+    ) -> None:
         self.device_id = device_id
         self._client = client
-        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        base = f"{API_PREFIX}/devices/{device_id}"
-        self._status_path = f"{base}/status"
-        self._telemetry_path = f"{base}/telemetry"
+        self._poll_client = poll_client or client
+        self._poll_wait_s = poll_wait_s
+        self._poll_timeout = httpx.Timeout(timeout_s, read=poll_wait_s + timeout_s)
+        self._max_backoff_s = max_backoff_s
+        self._min_poll_gap_s = min_poll_gap_s
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self._headers = {**self._auth, "Content-Type": "application/json"}
+        self._base = f"{API_PREFIX}/devices/{device_id}"
+        self._status_path = f"{self._base}/status"
+        self._telemetry_path = f"{self._base}/telemetry"
+        self._reported_path = f"{self._base}/state/reported"
+        self._state_path = f"{self._base}/state"
+        self._commands_path = f"{self._base}/commands"
+        self._rng = random.Random(f"sensorium-sim/{device_id}/http-poll")
+        self._sink: DownlinkSink | None = None
+        self._polls: list[asyncio.Task[None]] = []
         self._connected = False
 
     @property
     def connected(self) -> bool:
         return self._connected
 
+    def attach(self, sink: DownlinkSink) -> None:
+        self._sink = sink
+
     async def connect(self) -> None:
         # Nothing to open: the first status report is what tells the server it is back.
+        await self._stop_polls()
         self._connected = True
+        sink = self._sink
+        if sink is not None:
+            name = f"sim-poll-{self.device_id}"
+            self._polls = [
+                asyncio.create_task(self._poll_state(sink), name=f"{name}-state"),
+                asyncio.create_task(self._poll_commands(sink), name=f"{name}-commands"),
+            ]
 
     async def send_status(self, payload: bytes) -> None:
-        await self._post(self._status_path, payload, expect=200)
+        await self._post(self._status_path, payload, expect={200})
 
     async def send_telemetry(self, payload: bytes) -> None:
-        await self._post(self._telemetry_path, payload, expect=202)
+        await self._post(self._telemetry_path, payload, expect={202})
+
+    async def send_reported(self, payload: bytes) -> None:
+        await self._post(self._reported_path, payload, expect={200, 202, 204})
+
+    async def send_result(self, command_id: str, payload: bytes) -> None:
+        # 404 (no such command) and 409 (finished or expired meanwhile) will not change.
+        await self._post(
+            f"{self._commands_path}/{command_id}/result",
+            payload,
+            expect={200, 202, 204},
+            refused=_REFUSED | {404, 409},
+        )
 
     async def drop(self) -> None:
         self._connected = False
+        await self._stop_polls()
 
     async def close(self) -> None:
         self._connected = False
+        await self._stop_polls()
 
     def tick(self) -> None:
         return None
 
-    async def _post(self, path: str, payload: bytes, *, expect: int) -> None:
+    async def _stop_polls(self) -> None:
+        polls, self._polls = self._polls, []
+        for task in polls:
+            task.cancel()
+        results = await asyncio.gather(*polls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception) and self._sink is not None:
+                self._sink.on_link_error(f"crash:{type(result).__name__}")
+
+    async def _post(
+        self,
+        path: str,
+        payload: bytes,
+        *,
+        expect: Collection[int],
+        refused: Collection[int] = _REFUSED,
+    ) -> None:
         try:
             response = await self._client.post(path, content=payload, headers=self._headers)
         except httpx.TimeoutException:
@@ -308,16 +480,115 @@ class HttpLink:
             self._connected = False
             raise LinkError("http_unreachable", str(exc)) from None
         status = response.status_code
-        if status == expect:
+        if status in expect:
             return
         if status == 429:
             raise LinkError("http_429", retry_after=_retry_after(response))
         detail = _error_message(response)
-        if status in (400, 413, 415, 422):
+        if status in refused:
             raise LinkError(f"http_{status}", detail, fatal=True)
         if status in (401, 403):
             self._connected = False
         raise LinkError(f"http_{status}", detail)
+
+    # --- long-polls ---------------------------------------------------------------------
+
+    async def _poll_state(self, sink: DownlinkSink) -> None:
+        etag: str | None = None
+        backoff = 1.0
+        while True:
+            started = time.monotonic()
+            if etag is None:
+                # Right after (re)connect: the current state at once, whatever changed.
+                headers, params = self._auth, {}
+            else:
+                headers = {**self._auth, "If-None-Match": etag}
+                params = {"wait": str(self._poll_wait_s)}
+            response = await self._poll(self._state_path, headers, params, sink)
+            if response is None or response.status_code not in (200, 304):
+                if response is not None:
+                    self._poll_failed(response, sink)
+                backoff = await self._backoff(response, backoff)
+                continue
+            backoff = 1.0
+            if response.status_code == 200:
+                etag = response.headers.get("ETag")
+                try:
+                    body = response.json()
+                    version = body.get("desired_version") or 0
+                    doc = validate_state_document({"version": version, "state": body["desired"]})
+                except (ValueError, KeyError, TypeError, AttributeError, PayloadError):
+                    sink.on_link_error("bad_downlink")
+                    await asyncio.sleep(self._jitter(backoff))
+                    continue
+                sink.on_desired(doc)
+                if etag is None:
+                    # A server without ETags cannot long-poll: ask again now and then.
+                    await asyncio.sleep(self._poll_wait_s)
+            await self._pace(started)
+
+    async def _poll_commands(self, sink: DownlinkSink) -> None:
+        backoff = 1.0
+        params = {"wait": str(self._poll_wait_s)}
+        while True:
+            started = time.monotonic()
+            response = await self._poll(self._commands_path, self._auth, params, sink)
+            if response is None or response.status_code not in (200, 204):
+                if response is not None:
+                    self._poll_failed(response, sink)
+                backoff = await self._backoff(response, backoff)
+                continue
+            backoff = 1.0
+            if response.status_code == 200:
+                try:
+                    messages: Any = response.json()
+                except ValueError:
+                    messages = None
+                if not isinstance(messages, list):
+                    sink.on_link_error("bad_downlink")
+                    messages = []
+                for doc in messages:
+                    try:
+                        command = validate_command_message(doc)
+                    except PayloadError:
+                        sink.on_link_error("bad_downlink")
+                        continue
+                    sink.on_command(command)
+            await self._pace(started)
+
+    async def _poll(
+        self, path: str, headers: dict[str, str], params: dict[str, str], sink: DownlinkSink
+    ) -> httpx.Response | None:
+        try:
+            return await self._poll_client.get(
+                path, headers=headers, params=params, timeout=self._poll_timeout
+            )
+        except httpx.TimeoutException:
+            sink.on_link_error("http_timeout")
+        except httpx.HTTPError:
+            sink.on_link_error("http_unreachable")
+        return None
+
+    def _poll_failed(self, response: httpx.Response, sink: DownlinkSink) -> None:
+        # 401/403: token revoked or replaced; 404: device deleted, or a server without the
+        # endpoint; 429 and 5xx: busy. All of them: count and ask again later.
+        sink.on_link_error(f"http_{response.status_code}")
+
+    async def _backoff(self, response: httpx.Response | None, backoff: float) -> float:
+        if response is not None and response.status_code == 429:
+            await asyncio.sleep(_retry_after(response))
+        else:
+            await asyncio.sleep(self._jitter(backoff))
+        return min(backoff * 2, self._max_backoff_s)
+
+    async def _pace(self, started: float) -> None:
+        # A server that answers at once (no long-poll, or a bug) must not be hammered.
+        rest = self._min_poll_gap_s - (time.monotonic() - started)
+        if rest > 0:
+            await asyncio.sleep(rest)
+
+    def _jitter(self, seconds: float) -> float:
+        return seconds * self._rng.uniform(0.8, 1.2)
 
 
 def _retry_after(response: httpx.Response) -> float:

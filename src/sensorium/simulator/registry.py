@@ -1,5 +1,6 @@
-"""The simulator's devices: deterministic MACs, registration through the public API, and
-the devices.json that keeps the credentials it was given (tokens are shown only once)."""
+"""The simulator's devices: deterministic MACs, registration through the public API, the
+devices.json that keeps the credentials it was given (tokens are shown only once), and
+the dashboard controls of the devices that have something to control."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from sensorium.protocol import InvalidMac, normalize_mac
+from sensorium.simulator.control import controls_for
 from sensorium.simulator.fleet import DeviceSpec
 from sensorium.simulator.links import API_PREFIX
 from sensorium.simulator.signals import PROFILES, Profile
@@ -212,6 +214,56 @@ async def _register_one(
         result.conflicts.append(normalize_mac(mac))
     else:
         result.failures[normalize_mac(mac)] = f"HTTP {r.status_code}: {_message(r)}"
+
+
+@dataclass(slots=True)
+class ControlsDeclaration:
+    """What `declare_controls` did, by device id."""
+
+    declared: list[str] = field(default_factory=list)
+    # Controls were declared already (by an earlier run, or the user): left as they are.
+    kept: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+async def declare_controls(
+    client: httpx.AsyncClient,
+    *,
+    access_token: str,
+    devices: Sequence[DeviceRecord],
+    concurrency: int = 8,
+) -> ControlsDeclaration:
+    """Declare the dashboard controls of the devices that have some (those with a relay:
+    a switch and a "Blink" button), through PUT /devices/{id}/controls. A device that
+    already has controls keeps them: the owner may have changed them since."""
+    result = ControlsDeclaration()
+    headers = {"Authorization": f"Bearer {access_token}"}
+    todo: asyncio.Queue[DeviceRecord] = asyncio.Queue()
+    for record in devices:
+        if controls_for(record.profile):
+            todo.put_nowait(record)
+
+    async def worker() -> None:
+        while not todo.empty():
+            record = todo.get_nowait()
+            url = f"{API_PREFIX}/devices/{record.id}/controls"
+            try:
+                r = await client.get(url, headers=headers)
+                if r.status_code == 200 and r.json():
+                    result.kept.append(record.id)
+                    continue
+                if r.status_code == 200:
+                    r = await client.put(url, json=controls_for(record.profile), headers=headers)
+            except httpx.HTTPError as exc:
+                result.failures[record.id] = f"cannot reach the API: {exc}"
+                continue
+            if r.status_code == 200:
+                result.declared.append(record.id)
+            else:
+                result.failures[record.id] = f"HTTP {r.status_code}: {_message(r)}"
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    return result
 
 
 def _message(r: httpx.Response) -> str:

@@ -29,6 +29,7 @@ from sensorium.simulator.registry import (
     DevicesFileError,
     Registration,
     RegistrationError,
+    declare_controls,
     load_devices,
     login,
     profile_for,
@@ -57,6 +58,8 @@ class SimulateOptions:
     from_file: Path | None = None
     out: Path | None = None
     handle_signals: bool = True
+    # Declare dashboard controls for the devices with a relay (needs --api, --user).
+    declare_controls: bool = False
 
 
 class SimulateError(RuntimeError):
@@ -99,6 +102,8 @@ async def simulate(options: SimulateOptions, console: Console) -> Summary:
         )
     if options.transport == "http" and not devices.api_url:
         raise SimulateError("the HTTP transport needs --api (or a devices file that has it)")
+    if options.declare_controls:
+        await _declare_controls(options, records, devices.api_url, console)
     try:
         host, port = parse_mqtt_url(devices.mqtt_url)
     except ValueError:
@@ -146,6 +151,27 @@ def _spec(record: DeviceRecord, options: SimulateOptions) -> DeviceSpec:
         return spec
     profile = profile_for(options.profile, seed=options.config.seed, index=record.index)
     return DeviceSpec(spec.device_id, spec.token, profile, spec.index)
+
+
+async def _declare_controls(
+    options: SimulateOptions, records: list[DeviceRecord], api_url: str | None, console: Console
+) -> None:
+    """Controls for the devices that have a relay; a failure is reported, not fatal (the
+    devices run without their controls)."""
+    if not api_url or not options.username or options.password is None:
+        console.print("[yellow]warning:[/] declaring controls needs --api, --user and --password")
+        return
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+        try:
+            token = await login(client, options.username, options.password)
+        except RegistrationError as exc:
+            console.print(f"[yellow]warning:[/] no controls declared: {exc}")
+            return
+        result = await declare_controls(client, access_token=token, devices=records)
+    if result.declared:
+        console.print(f"declared controls of {len(result.declared)} device(s)")
+    for device_id, message in list(result.failures.items())[:3]:
+        console.print(f"[yellow]declaring controls of {device_id} failed:[/] {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +404,9 @@ class _ProgressView:
                 f"[{elapsed:6.0f} s] connected {snap.connected}/{snap.devices}, "
                 f"offline {snap.offline}, {msg_rate:,.0f} msgs/s, {point_rate:,.0f} points/s, "
                 f"sent {snap.points_sent:,} points in {snap.telemetry_messages:,} msgs, "
-                f"buffered {snap.buffered_points:,}, errors {snap.error_count}"
+                f"buffered {snap.buffered_points:,}, commands answered "
+                f"{snap.commands_answered:,}, state reports {snap.state_reports:,}, "
+                f"errors {snap.error_count}"
             )
 
 
@@ -395,8 +423,18 @@ def _progress_table(snap: FleetSnapshot, elapsed: float, msgs: float, points: fl
         f"({snap.backfill_messages:,} backfill batches)",
     )
     table.add_row("buffered", f"{snap.buffered_points:,} points waiting")
+    table.add_row("control", _control(snap))
     table.add_row("errors", _errors(snap) or "none")
     return table
+
+
+def _control(snap: FleetSnapshot) -> str:
+    ignored = f" ({snap.commands_ignored:,} expired or repeated)" if snap.commands_ignored else ""
+    reboots = f", {snap.reboots:,} reboots" if snap.reboots else ""
+    return (
+        f"{snap.commands_answered:,} commands answered{ignored}, "
+        f"{snap.state_reports:,} state reports{reboots}"
+    )
 
 
 def _errors(snap: FleetSnapshot) -> str:
@@ -423,6 +461,7 @@ def print_summary(summary: Summary, console: Console) -> None:
         f"{snap.points_sent:,} acknowledged ({snap.points_sent / elapsed:,.1f} points/s)",
     )
     table.add_row("status", f"{snap.status_messages:,} messages")
+    table.add_row("control", _control(snap))
     table.add_row("not sent", f"{snap.buffered_points:,} points still buffered at exit")
     if snap.dropped_points or snap.rejected_points:
         table.add_row(

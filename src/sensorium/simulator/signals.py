@@ -203,6 +203,9 @@ class EnergyModel:
         self.appliances += [a for a in candidates if rng.random() < 0.6]
         self._volt_noise = _Noise(rng, sigma=1.5, tau_s=1800.0)
         self.power = 0.0
+        # Behind the device's relay: switched off, nothing flows (the appliances keep
+        # their own on/off cycles and come back as they are when it closes again).
+        self.powered = True
         self._last_ts: int | None = None
 
     @property
@@ -220,6 +223,8 @@ class EnergyModel:
         evening = 1.0 + 0.4 * math.exp(-(((hour - 20.0) / 2.5) ** 2))
         load = self.base_watts * evening + sum(a.watts for a in self.appliances if a.on)
         power = max(0.0, load * (1.0 + rng.gauss(0.0, 0.01)) + rng.gauss(0.0, 2.0))
+        if not self.powered:
+            power = 0.0
         # The meter integrates what flowed since the last sample (trapezoid rule).
         previous = power if first else self.power
         self.energy_kwh += (previous + power) / 2 * dt / 3_600_000

@@ -26,6 +26,8 @@ class Point(Base):
     """
 
     __tablename__ = "points"
+    # PostgreSQL: one partition per week (telemetry.partitions, migration 0005).
+    __table_args__ = {"postgresql_partition_by": "RANGE (ts)"}
 
     device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)

@@ -188,17 +188,15 @@ async def recompute(session: AsyncSession, changed: Iterable[PointKey]) -> int:
 key_columns = frozenset({"device", "key_id", "grain", "bucket"})
 
 
-# The COPY path: points from the staging table are inserted (or, where the value differs,
-# overwritten); the new ones are merged into their buckets in the same statement, and the
-# overwritten ones returned for `recompute`. (xmax = 0 marks a row this statement inserted;
-# the VALUES list is GRAINS, checked by tests/telemetry/test_rollups.py.)
+# The COPY path: points from the staging table that are new are inserted and merged into
+# their buckets in one statement, which returns how many were new. (The VALUES list is
+# GRAINS, checked by tests/telemetry/test_rollups.py.)
 PG_MERGE = """
 WITH ins AS (
     INSERT INTO points (device, key_id, ts, value)
     SELECT device, key_id, ts, value FROM sensorium_points_stage
-    ON CONFLICT (device, key_id, ts) DO UPDATE SET value = EXCLUDED.value
-    WHERE points.value IS DISTINCT FROM EXCLUDED.value
-    RETURNING device, key_id, ts, value, (xmax = 0) AS fresh
+    ON CONFLICT (device, key_id, ts) DO NOTHING
+    RETURNING device, key_id, ts, value
 ), roll AS (
     INSERT INTO rollups (device, key_id, grain, bucket, vmin, vmax, vsum, n,
                          first_ts, first_value, last_ts, last_value)
@@ -207,7 +205,6 @@ WITH ins AS (
            min(i.ts), (array_agg(i.value ORDER BY i.ts))[1],
            max(i.ts), (array_agg(i.value ORDER BY i.ts DESC))[1]
     FROM ins i CROSS JOIN (VALUES (60000), (3600000), (86400000)) AS g(grain)
-    WHERE i.fresh
     GROUP BY i.device, i.key_id, g.grain, i.ts - i.ts % g.grain
     ON CONFLICT (device, key_id, grain, bucket) DO UPDATE SET
         vmin = LEAST(rollups.vmin, EXCLUDED.vmin),
@@ -221,5 +218,14 @@ WITH ins AS (
                           THEN EXCLUDED.last_value ELSE rollups.last_value END,
         last_ts = GREATEST(rollups.last_ts, EXCLUDED.last_ts)
 )
-SELECT device, key_id, ts FROM ins WHERE NOT fresh
+SELECT count(*) FROM ins
+"""
+# Only when some were not new: those whose value differs are overwritten and returned for
+# `recompute` (the ones just inserted carry the same value, so they are not touched).
+PG_OVERWRITE = """
+UPDATE points p SET value = s.value
+FROM sensorium_points_stage s
+WHERE p.device = s.device AND p.key_id = s.key_id AND p.ts = s.ts
+  AND p.value IS DISTINCT FROM s.value
+RETURNING p.device, p.key_id, p.ts
 """

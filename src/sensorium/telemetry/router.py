@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from sensorium.api.body import read_json_body
+from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep, CurrentDevice, CurrentUser, SessionDep
 from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECTED
 from sensorium.db import epoch_ms
-from sensorium.devices.service import get_device
+from sensorium.devices.service import get_device, list_devices
 from sensorium.errors import Invalid, SensoriumError
 from sensorium.protocol import ProtocolError, parse_telemetry
 from sensorium.telemetry import buckets, service
@@ -201,42 +203,124 @@ async def history_csv(
     with constant memory, any range) or `bucket,key,min,avg,max,count` per bucket. Times
     are ISO-8601 in `tz`."""
     device = await get_device(session, owner=user, device_id=device_id)
+    await session.close()
+    return _csv_response(ctx, [device.id], keys, from_, to, interval, tz, f"{device.id}.csv")
+
+
+fleet_csv_router = APIRouter(tags=["telemetry"])
+MAX_EXPORT_DEVICES = 100
+
+
+@fleet_csv_router.get(
+    "/telemetry.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV, streamed"}},
+)
+async def fleet_csv(
+    user: CurrentUser,
+    session: SessionDep,
+    ctx: ContextDep,
+    devices: Annotated[
+        str | None, Query(description="Comma-separated device ids; all of yours when omitted")
+    ] = None,
+    keys: Annotated[str | None, Query(description="Comma-separated keys; all when omitted")] = None,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: Annotated[str | None, Query()] = None,
+    interval: Annotated[str, Query(pattern="^(" + "|".join(buckets.INTERVALS) + ")$")] = "raw",
+    tz: Annotated[str, Query()] = "UTC",
+) -> StreamingResponse:
+    """Several devices in one CSV, a `device` column first: `device,ts,key,value` (raw,
+    streamed with constant memory) or `device,bucket,key,min,avg,max,count`. At most 100
+    devices; a device that is not yours is a 404, as if it did not exist."""
+    if devices:
+        wanted = list(dict.fromkeys(d.strip() for d in devices.split(",") if d.strip()))
+        if len(wanted) > MAX_EXPORT_DEVICES:
+            raise Invalid(f"at most {MAX_EXPORT_DEVICES} devices", field="devices")
+        ids = [(await get_device(session, owner=user, device_id=d)).id for d in wanted]
+    else:
+        owned, _total = await list_devices(
+            session, owner=user, status=None, name=None, limit=MAX_EXPORT_DEVICES, offset=0
+        )
+        ids = [d.id for d in owned]
+    await session.close()
+    return _csv_response(ctx, ids, keys, from_, to, interval, tz, "telemetry.csv", fleet=True)
+
+
+def _csv_response(
+    ctx: AppContext,
+    device_ids: list[str],
+    keys: str | None,
+    from_: str | None,
+    to: str | None,
+    interval: str,
+    tz: str,
+    filename: str,
+    *,
+    fleet: bool = False,
+) -> StreamingResponse:
+    """The CSV body for one device or several (`fleet`: a leading device column). Nothing
+    is held for the whole range: raw points stream through a server-side cursor, buckets
+    are computed one device at a time."""
     zone = buckets.zone(tz)
     key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
     from_ms, to_ms = _parse_time(from_, "from"), _parse_time(to, "to")
-    filename = f"{device.id}.csv"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if interval != "raw":
         end = to_ms if to_ms is not None else epoch_ms()
         start = from_ms if from_ms is not None else end - 86_400_000
         resolved = buckets.pick_auto(start, end) if interval == "auto" else interval
         if resolved != "raw":
-            series = await service.aggregate(
-                session, device_id=device.id, keys=key_list, from_ms=start, to_ms=end,
-                interval=resolved, aggs=["min", "avg", "max", "count"], tz=zone,
-            )  # fmt: skip
-
-            def rows() -> Iterator[bytes]:
-                yield b"bucket,key,min,avg,max,count\n"
-                for key, series_rows in sorted(series.items()):
-                    for r in series_rows:
-                        yield (
-                            f"{buckets.iso(int(r['bucket']), zone)},{key},{r['min']},"
-                            f"{r['avg']},{r['max']},{r['count']}\n"
-                        ).encode()
-
-            return StreamingResponse(rows(), media_type="text/csv", headers=headers)
+            # Checked before the response starts: a bad range is a 422, not a cut-off body.
+            buckets.buckets(resolved, start, end, zone)
+            rows = _bucket_rows(ctx, device_ids, key_list, start, end, resolved, zone, fleet)
+            return StreamingResponse(rows, media_type="text/csv", headers=headers)
         from_ms, to_ms = start, end
-    await session.close()
+    rows = _raw_rows(ctx, device_ids, key_list, from_ms, to_ms, zone, fleet)
+    return StreamingResponse(rows, media_type="text/csv", headers=headers)
 
-    async def raw_rows() -> AsyncIterator[bytes]:
-        yield b"ts,key,value\n"
-        async with ctx.sessions() as stream_session:
+
+async def _bucket_rows(
+    ctx: AppContext,
+    device_ids: list[str],
+    keys: list[str] | None,
+    from_ms: int,
+    to_ms: int,
+    interval: str,
+    zone: ZoneInfo,
+    fleet: bool,
+) -> AsyncIterator[bytes]:
+    yield b"device,bucket,key,min,avg,max,count\n" if fleet else b"bucket,key,min,avg,max,count\n"
+    for device_id in device_ids:
+        prefix = f"{device_id}," if fleet else ""
+        async with ctx.sessions() as session:
+            series = await service.aggregate(
+                session, device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms,
+                interval=interval, aggs=["min", "avg", "max", "count"], tz=zone,
+            )  # fmt: skip
+        for key, series_rows in sorted(series.items()):
+            yield "".join(
+                f"{prefix}{buckets.iso(int(r['bucket']), zone)},{key},{r['min']},"
+                f"{r['avg']},{r['max']},{r['count']}\n"
+                for r in series_rows
+            ).encode()
+
+
+async def _raw_rows(
+    ctx: AppContext,
+    device_ids: list[str],
+    keys: list[str] | None,
+    from_ms: int | None,
+    to_ms: int | None,
+    zone: ZoneInfo,
+    fleet: bool,
+) -> AsyncIterator[bytes]:
+    yield b"device,ts,key,value\n" if fleet else b"ts,key,value\n"
+    for device_id in device_ids:
+        prefix = f"{device_id}," if fleet else ""
+        async with ctx.sessions() as session:
             async for chunk in service.stream_points(
-                stream_session, device_id=device.id, keys=key_list, from_ms=from_ms, to_ms=to_ms
+                session, device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms
             ):
                 yield "".join(
-                    f"{buckets.iso(ts, zone)},{key},{value}\n" for ts, key, value in chunk
+                    f"{prefix}{buckets.iso(ts, zone)},{key},{value}\n" for ts, key, value in chunk
                 ).encode()
-
-    return StreamingResponse(raw_rows(), media_type="text/csv", headers=headers)

@@ -399,6 +399,17 @@ async def _aggregate_rollups(
     return out
 
 
+async def apply_rollup_retention(
+    sessions: async_sessionmaker[AsyncSession], *, older_than_ms: int
+) -> int:
+    """Delete rollup buckets that ended before the cutoff."""
+    async with sessions() as session, session.begin():
+        result = await session.execute(
+            delete(Rollup).where(Rollup.bucket + Rollup.grain <= older_than_ms)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
 RETENTION_SLICE_MS = 6 * 3_600_000
 
 

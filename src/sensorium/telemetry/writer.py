@@ -28,6 +28,7 @@ from sensorium.live.bus import LiveBus, status_event, telemetry_event
 from sensorium.protocol import Reading, mac_to_int
 from sensorium.telemetry import rollups
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
+from sensorium.telemetry.partitions import Partitions
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class BatchWriter:
         on_online: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._factory = factory
+        self._partitions = Partitions(factory.kw["bind"])
         self._offline_after_s = offline_after_s
         self._max_batch = max_batch
         self._max_linger_s = max_linger_s
@@ -152,14 +154,21 @@ class BatchWriter:
             count += len(job.readings)
         return jobs, False
 
-    async def _flush(self, jobs: list[_Job]) -> None:
+    async def _flush(self, jobs: list[_Job], *, retried: bool = False) -> None:
         try:
             stored, came_online = await self._write(jobs)
         except Exception as exc:
+            # The staging table may have gone with the rolled-back transaction that made it.
+            _staged.clear()
+            if not retried and self._partitions.forget():
+                # A partition this process believed in was dropped by another: retry
+                # once with the partitions read again.
+                await self._flush(jobs, retried=True)
+                return
             if len(jobs) > 1:
                 # Isolate the document that failed so the others still get stored.
                 for job in jobs:
-                    await self._flush([job])
+                    await self._flush([job], retried=True)
                 return
             log.exception("writing telemetry of device %s failed", jobs[0].device_id)
             _fail(jobs[0], exc)
@@ -201,6 +210,9 @@ class BatchWriter:
         """Store the jobs in one transaction; returns the device ids that still exist and
         those that came online with this data."""
         key_ids = await self._key_ids_for({r.key for job in jobs for r in job.readings})
+        stamps = [r.ts for job in jobs for r in job.readings]
+        if stamps:
+            await self._partitions.ensure_range(min(stamps), max(stamps))
         now_ms = epoch_ms()
         async with self._factory() as session, session.begin():
             # Touching the device rows first also locks them against a concurrent delete.
@@ -310,10 +322,12 @@ async def _copy_store(session: AsyncSession, points: dict[PointKey, float]) -> N
     await driver.copy_records_to_table(
         _STAGE, records=records, columns=("device", "key_id", "ts", "value")
     )
-    changed = await driver.fetch(rollups.PG_MERGE)
+    fresh = await driver.fetchval(rollups.PG_MERGE)
+    if fresh < len(records):
+        changed = await driver.fetch(rollups.PG_OVERWRITE)
+        if changed:
+            await rollups.recompute(session, [(r[0], r[1], r[2]) for r in changed])
     await driver.execute(_MERGE_LATEST)
-    if changed:
-        await rollups.recompute(session, [(r[0], r[1], r[2]) for r in changed])
 
 
 async def _overwrite(session: AsyncSession, points: dict[PointKey, float]) -> list[PointKey]:

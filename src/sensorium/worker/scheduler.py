@@ -14,6 +14,7 @@ from sensorium.db import epoch_ms
 from sensorium.devices.service import mark_silent_devices_offline
 from sensorium.live.bus import LiveBus, status_event
 from sensorium.telemetry import service as telemetry
+from sensorium.telemetry.partitions import WEEK, Partitions
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,12 @@ class Scheduler:
         offline_check_s: float = 1.0,
         retention_days: int | None = None,
         retention_every_s: float = 3600.0,
+        rollup_retention_days: int | None = None,
         bus: LiveBus | None = None,
     ) -> None:
         self._sessions = sessions
+        self._partitions = Partitions(sessions.kw["bind"])
+        self._rollup_retention_days = rollup_retention_days
         self._bus = bus
         self._offline_check_s = offline_check_s
         self._retention_days = retention_days
@@ -40,7 +44,12 @@ class Scheduler:
     def from_settings(
         cls, sessions: async_sessionmaker[AsyncSession], settings: Settings, *, bus: LiveBus
     ) -> Scheduler:
-        return cls(sessions, retention_days=settings.raw_retention_days, bus=bus)
+        return cls(
+            sessions,
+            retention_days=settings.raw_retention_days,
+            rollup_retention_days=settings.rollup_retention_days,
+            bus=bus,
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
@@ -73,16 +82,25 @@ class Scheduler:
         return len(expired)
 
     async def apply_retention(self) -> int:
-        """Raw points older than the retention window are deleted (rollups, later, stay)."""
+        """Raw points older than the retention window go: whole weekly partitions are
+        dropped (PostgreSQL), the rest deleted by range. Rollups stay (unless their own
+        retention is set). Partitions for the coming weeks are created ahead."""
+        now = epoch_ms()
+        await self._partitions.ensure_range(now, now + 2 * WEEK)
         if self._retention_days is None:
             return 0
-        cutoff = epoch_ms() - self._retention_days * 86_400_000
+        cutoff = now - self._retention_days * 86_400_000
+        await self._partitions.drop_older_than(cutoff)
         deleted = await telemetry.apply_retention(self._sessions, older_than_ms=cutoff)
         if deleted:
             log.info(
                 "retention: deleted %d raw readings older than %d days",
                 deleted,
                 self._retention_days,
+            )
+        if self._rollup_retention_days is not None:
+            await telemetry.apply_rollup_retention(
+                self._sessions, older_than_ms=now - self._rollup_retention_days * 86_400_000
             )
         return deleted
 
