@@ -88,7 +88,7 @@ class FakeServer:
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         loop = asyncio.get_running_loop()
-        body = orjson.loads(request.content) if request.content else None
+        body: Any = orjson.loads(request.content) if request.content else None
         path = request.url.path
         self.seen.append(Seen(loop.time(), request.method, path, body))
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
