@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from sensorium.api.body import read_json_body
@@ -183,28 +184,34 @@ async def history(
 csv_router = APIRouter(prefix="/devices/{device_id}", tags=["telemetry"])
 
 
+@dataclass
+class CsvQuery:
+    """What to export; the same parameters as the JSON history."""
+
+    keys: Annotated[str | None, Query(description="Comma-separated keys; all when omitted")] = None
+    from_: Annotated[str | None, Query(alias="from")] = None
+    to: Annotated[str | None, Query()] = None
+    interval: Annotated[str, Query(pattern="^(" + "|".join(buckets.INTERVALS) + ")$")] = "raw"
+    tz: Annotated[str, Query()] = "UTC"
+
+
+CsvQueryDep = Annotated[CsvQuery, Depends()]
+
+
 @csv_router.get(
     "/telemetry.csv",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "CSV, streamed"}},
 )
 async def history_csv(
-    device_id: str,
-    user: CurrentUser,
-    session: SessionDep,
-    ctx: ContextDep,
-    keys: Annotated[str | None, Query(description="Comma-separated keys; all when omitted")] = None,
-    from_: Annotated[str | None, Query(alias="from")] = None,
-    to: Annotated[str | None, Query()] = None,
-    interval: Annotated[str, Query(pattern="^(" + "|".join(buckets.INTERVALS) + ")$")] = "raw",
-    tz: Annotated[str, Query()] = "UTC",
+    device_id: str, user: CurrentUser, session: SessionDep, ctx: ContextDep, query: CsvQueryDep
 ) -> StreamingResponse:
     """CSV of the same data as the JSON endpoint: `ts,key,value` for raw readings (streamed
     with constant memory, any range) or `bucket,key,min,avg,max,count` per bucket. Times
     are ISO-8601 in `tz`."""
     device = await get_device(session, owner=user, device_id=device_id)
     await session.close()
-    return _csv_response(ctx, [device.id], keys, from_, to, interval, tz, f"{device.id}.csv")
+    return _csv_response(ctx, [device.id], query, f"{device.id}.csv")
 
 
 fleet_csv_router = APIRouter(tags=["telemetry"])
@@ -220,14 +227,10 @@ async def fleet_csv(
     user: CurrentUser,
     session: SessionDep,
     ctx: ContextDep,
+    query: CsvQueryDep,
     devices: Annotated[
         str | None, Query(description="Comma-separated device ids; all of yours when omitted")
     ] = None,
-    keys: Annotated[str | None, Query(description="Comma-separated keys; all when omitted")] = None,
-    from_: Annotated[str | None, Query(alias="from")] = None,
-    to: Annotated[str | None, Query()] = None,
-    interval: Annotated[str, Query(pattern="^(" + "|".join(buckets.INTERVALS) + ")$")] = "raw",
-    tz: Annotated[str, Query()] = "UTC",
 ) -> StreamingResponse:
     """Several devices in one CSV, a `device` column first: `device,ts,key,value` (raw,
     streamed with constant memory) or `device,bucket,key,min,avg,max,count`. At most 100
@@ -243,17 +246,13 @@ async def fleet_csv(
         )
         ids = [d.id for d in owned]
     await session.close()
-    return _csv_response(ctx, ids, keys, from_, to, interval, tz, "telemetry.csv", fleet=True)
+    return _csv_response(ctx, ids, query, "telemetry.csv", fleet=True)
 
 
 def _csv_response(
     ctx: AppContext,
     device_ids: list[str],
-    keys: str | None,
-    from_: str | None,
-    to: str | None,
-    interval: str,
-    tz: str,
+    query: CsvQuery,
     filename: str,
     *,
     fleet: bool = False,
@@ -261,9 +260,10 @@ def _csv_response(
     """The CSV body for one device or several (`fleet`: a leading device column). Nothing
     is held for the whole range: raw points stream through a server-side cursor, buckets
     are computed one device at a time."""
-    zone = buckets.zone(tz)
+    zone = buckets.zone(query.tz)
+    keys, interval = query.keys, query.interval
     key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
-    from_ms, to_ms = _parse_time(from_, "from"), _parse_time(to, "to")
+    from_ms, to_ms = _parse_time(query.from_, "from"), _parse_time(query.to, "to")
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if interval != "raw":
         end = to_ms if to_ms is not None else epoch_ms()
