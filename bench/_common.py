@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -109,3 +111,184 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float 
             if time.monotonic() > deadline:
                 raise RuntimeError("sensorium serve did not become ready")
             await asyncio.sleep(0.2)
+
+
+# --- shared by bench/command_rtt.py (copies of live_latency.py's helpers, generalised) -----
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank `q`th percentile (NaN when there are no values)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds busy since boot, all cores: (total, of which irq + softirq)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK, (values[5] + values[6]) / CLK_TCK
+
+
+def cpu_samples(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far per "group:pid" (the server, its mosquitto child, PostgreSQL,
+    Chromium, this process) plus the machine's busy and irq/softirq seconds."""
+    out = {f"server:{server_pid}": _cpu_seconds(server_pid) or 0.0}
+    for child in _children(server_pid):
+        if _comm(child) == "mosquitto":
+            out[f"mosquitto:{child}"] = _cpu_seconds(child) or 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        comm = _comm(int(entry.name))
+        if comm == "postgres" or comm.startswith("chrom"):
+            group = "postgres" if comm == "postgres" else "browser"
+            out[f"{group}:{entry.name}"] = _cpu_seconds(int(entry.name)) or 0.0
+    out[f"bench:{os.getpid()}"] = _cpu_seconds(os.getpid()) or 0.0
+    out["machine:"], out["softirq:"] = machine_busy()
+    return out
+
+
+def cpu_percent(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """% of one core per group of `cpu_samples`; a process counts only when it lives through
+    both samples. "other" is the rest of the machine's busy time."""
+    out = {"server": 0.0, "mosquitto": 0.0, "postgres": 0.0, "browser": 0.0, "bench": 0.0}
+    for key, seconds in after.items():
+        if key in before:
+            group = key.split(":", 1)[0]
+            out[group] = out.get(group, 0.0) + (seconds - before[key]) / wall * 100
+    ours = sum(v for k, v in out.items() if k not in {"machine", "softirq"})
+    out["other"] = max(0.0, out["machine"] - ours - out["softirq"])
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def other_benchmarks() -> list[str]:
+    """Command lines of the other bench/*.py scripts running now (any user's)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if not _comm(int(entry.name)).startswith("python"):
+            continue
+        try:
+            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if any(a.endswith(".py") and Path(a).parent.name == "bench" for a in args):
+            found.append(" ".join(args))
+    return found
+
+
+async def wait_for_other_benchmarks(log: Callable[[str], None]) -> None:
+    """Until no other bench/*.py script runs (polling every 10 s)."""
+    announced = False
+    while running := await asyncio.to_thread(other_benchmarks):
+        if not announced:
+            log(f"waiting for another benchmark to finish: {running[0][:120]}")
+            announced = True
+        await asyncio.sleep(10)
+
+
+async def wait_quiet_machine(log: Callable[[str], None], limit_s: float = 300.0) -> bool:
+    """Until no other benchmark runs and the machine is nearly idle (< 25 % of a core over
+    2 s while we are idle). False when it did not get quiet within `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    announced = False
+    while True:
+        await wait_for_other_benchmarks(log)
+        before = machine_busy()[0]
+        await asyncio.sleep(2.0)
+        busy = (machine_busy()[0] - before) / 2.0 * 100
+        if busy < 25.0:
+            return True
+        if time.monotonic() > deadline:
+            log(f"machine still busy ({busy:.0f} % of a core); measuring anyway")
+            return False
+        if not announced:
+            log(f"machine busy ({busy:.0f} % of a core by others); waiting")
+            announced = True
+        await asyncio.sleep(8.0)
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- shared by bench/history_query.py and bench/csv_memory.py --------------------------
+
+
+def machine_info() -> dict[str, object]:
+    """CPU count and model, RAM, kernel, Python, and the PostgreSQL server's version."""
+    import platform
+
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    pg = subprocess.run(
+        ["psql", "-XAtqh", "127.0.0.1", "-U", "postgres", "-c", "SHOW server_version"],
+        capture_output=True,
+        text=True,
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": pg.stdout.strip() or "?",
+    }
+
+
+async def wait_idle_cpu(log: Callable[[str], None], limit_s: float = 120.0) -> float:
+    """Until the machine is nearly idle (< 25 % of a core over 2 s), at most `limit_s`; does
+    not wait for other benchmarks (one that started after us waits for us, and waiting for
+    it back would deadlock). Returns the last busy reading, % of one core."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = machine_busy()[0]
+        await asyncio.sleep(2.0)
+        busy = (machine_busy()[0] - before) / 2.0 * 100
+        if busy < 25.0 or time.monotonic() > deadline:
+            if busy >= 25.0:
+                log(f"machine still busy ({busy:.0f} % of a core); measuring anyway")
+            return round(busy, 1)
+        await asyncio.sleep(3.0)
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of a process in KiB (None once it has gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def postmaster_cpu_of_exited_children() -> float:
+    """CPU seconds of the PostgreSQL postmaster's children that have exited (cutime +
+    cstime): parallel query workers live for one query, so `cpu_samples` never sees them."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or _comm(int(entry.name)) != "postgres":
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if _comm(int(fields[1])) != "postgres":  # its parent is not PostgreSQL: the postmaster
+            return (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return 0.0

@@ -193,6 +193,8 @@ class ControlPlane:
                         self._announce(back)
                         return delivered
                     delivered += 1
+                if len(claimed) < control.POLL_BATCH:
+                    return delivered  # that was all of them: no empty claim round
 
     async def device_online(self, device_id: str) -> None:
         """An MQTT device (re)connected: its desired state and waiting commands go out."""

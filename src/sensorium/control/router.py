@@ -280,12 +280,14 @@ async def create_command(
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             while loop.time() < deadline:
+                if await _next_event(subscription, deadline, _finished(command.id)):
+                    break
+                # No event yet: look at the database in case one was lost (Redis reconnect).
                 command = await control.get_command(
                     session, device_id=device.id, command_id=command.id
                 )
                 if command.status in FINAL_STATUSES:
                     break
-                await _next_event(subscription, deadline, _finished(command.id))
         command = await control.get_command(session, device_id=device.id, command_id=command.id)
     finished = command.status in FINAL_STATUSES
     return JSONResponse(
