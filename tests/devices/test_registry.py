@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from sensorium.devices.models import Device, DeviceCredential
-from sensorium.telemetry.models import LatestValue, Point
+from sensorium.telemetry.models import LatestValue, Point, Rollup
 from tests.helpers import Api
 
 DEVICES = "/api/v1/devices"
@@ -196,6 +196,7 @@ async def test_delete_removes_the_device_and_its_data(api: Api) -> None:
     ).status_code == 404
     assert await count(api, Point) == 1
     assert await count(api, LatestValue) == 1
+    assert await count(api, Rollup) == 3  # the kept device's minute, hour and day
     assert await count(api, DeviceCredential) == 1
     # Its token is dead and the MAC can be registered again.
     assert (await api.send(device, {"a": 1})).status_code == 401
