@@ -518,8 +518,23 @@ def simulate(
         float, typer.Option(min=0.1, help="Seconds between status heartbeats")
     ] = 30.0,
     ramp: Annotated[float, typer.Option(min=0.1, help="Devices booting per second")] = 200.0,
+    downlink: Annotated[
+        bool,
+        typer.Option(
+            help="Obey desired state and answer commands (--no-downlink: only send, as in "
+            "an ingest benchmark)"
+        ),
+    ] = True,
+    poll_wait: Annotated[
+        int, typer.Option(min=1, max=60, help="HTTP devices: long-poll wait (s)")
+    ] = 30,
+    controls: Annotated[
+        bool,
+        typer.Option(help="With --register: declare Relay/Blink controls for energy meters"),
+    ] = False,
 ) -> None:
-    """Run simulated devices: realistic readings, status, last will, outages and backfill."""
+    """Run simulated devices: realistic readings, status, last will, outages and backfill;
+    they obey desired state and answer commands like the firmware."""
     from sensorium.simulator.fleet import TRANSPORTS, FleetConfig
     from sensorium.simulator.runner import (
         PROFILE_CHOICES,
@@ -547,8 +562,11 @@ def simulate(
             ramp_per_s=ramp,
             seed=seed,
             utc_offset_s=local_utc_offset_s(),
+            downlink=downlink,
+            poll_wait_s=poll_wait,
         ),
         duration_s=duration,
+        declare_controls=controls,
         register=register,
         api_url=api,
         mqtt_url=mqtt_url,
