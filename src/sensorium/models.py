@@ -4,6 +4,7 @@ from sensorium.broker.models import BrokerChange
 from sensorium.control.models import Command, DeviceState
 from sensorium.db import Base
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
+from sensorium.energy.models import EnergyHour, Site, SiteMeter, Tariff
 from sensorium.telemetry.models import LatestValue, Point, Rollup, TelemetryKey
 from sensorium.users.models import RefreshToken, User
 
@@ -16,10 +17,14 @@ __all__ = [
     "DeviceLog",
     "DeviceState",
     "DeviceStatusEvent",
+    "EnergyHour",
     "LatestValue",
     "Point",
     "RefreshToken",
     "Rollup",
+    "Site",
+    "SiteMeter",
+    "Tariff",
     "TelemetryKey",
     "User",
 ]

@@ -44,6 +44,28 @@ USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/devices", None),
     ("GET", "/api/v1/telemetry.csv", None),
     ("POST", "/api/v1/devices", {"mac": "02:00:00:00:00:01", "name": "x"}),
+    ("GET", "/api/v1/energy/sites", None),
+    ("POST", "/api/v1/energy/sites", {"name": "x"}),
+    ("GET", "/api/v1/energy/summary", None),
+    ("GET", "/api/v1/energy/summary.csv", None),
+    ("GET", "/api/v1/energy/series", None),
+    ("GET", "/api/v1/energy/series.csv", None),
+]
+# Per-site endpoints: {site_id} is a site of the device's owner.
+SITE_ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("GET", "/api/v1/energy/sites/{site_id}", None),
+    ("PATCH", "/api/v1/energy/sites/{site_id}", {"name": "mine now"}),
+    ("DELETE", "/api/v1/energy/sites/{site_id}", None),
+    ("GET", "/api/v1/energy/sites/{site_id}/tariff", None),
+    ("PUT", "/api/v1/energy/sites/{site_id}/tariff", {"currency": "EUR", "price_per_kwh": 9}),
+    ("DELETE", "/api/v1/energy/sites/{site_id}/tariff", None),
+]
+# Figures about a site or a device, chosen by query parameter.
+ENERGY_FIGURES = [
+    "/api/v1/energy/summary",
+    "/api/v1/energy/summary.csv",
+    "/api/v1/energy/series",
+    "/api/v1/energy/series.csv",
 ]
 DEVICE_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/v1/devices/{id}/telemetry", {"t": 1}),
@@ -88,6 +110,7 @@ def test_every_route_is_classified(settings: Settings) -> None:
         + USER_COLLECTION_ENDPOINTS
         + DEVICE_ENDPOINTS
         + SHARED_ENDPOINTS
+        + SITE_ENDPOINTS
     } | PUBLIC_ENDPOINTS
     # The OpenAPI document lists every API route (the docs pages themselves excluded).
     routes = {
@@ -192,3 +215,64 @@ async def test_shared_endpoints_answer_only_the_owner_and_the_device(
             assert set(r.json()["error"]) == {"code", "message", "field"}
     r = await api.client.request(method, url, json=body, headers=device.headers)
     assert r.status_code in {200, 204}, r.text
+
+
+async def _site(api: Api, device: RegisteredDevice) -> int:
+    """A site of the device's owner, the device as its mains meter, with a tariff."""
+    headers = device.owner.headers
+    r = await api.client.post(
+        "/api/v1/energy/sites", json={"name": "Home", "mains": device.id}, headers=headers
+    )
+    assert r.status_code == 201, r.text
+    site_id: int = r.json()["id"]
+    r = await api.client.put(
+        f"/api/v1/energy/sites/{site_id}/tariff",
+        json={"currency": "EUR", "price_per_kwh": 0.3},
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    return site_id
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SITE_ENDPOINTS)
+async def test_another_users_site_is_404_and_untouched(
+    api: Api, method: str, path: str, body: Any
+) -> None:
+    owner = await api.account()
+    intruder = await api.account()
+    device = await api.device(owner)
+    site_id = await _site(api, device)
+    url = path.format(site_id=site_id)
+    before = (await api.client.get(f"/api/v1/energy/sites/{site_id}", headers=owner.headers)).json()
+    r = await api.client.request(method, url, json=body, headers=intruder.headers)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "site_not_found"
+    r2 = await api.client.request(
+        method, path.format(site_id=999_999), json=body, headers=intruder.headers
+    )
+    assert r2.status_code == 404
+    assert r2.json()["error"]["code"] == "site_not_found"
+    after = await api.client.get(f"/api/v1/energy/sites/{site_id}", headers=owner.headers)
+    assert after.json() == before
+    for headers in ({}, device.headers, {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"}):
+        r = await api.client.request(method, url, json=body, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("path", ENERGY_FIGURES)
+async def test_energy_figures_of_another_users_site_or_device_are_404(api: Api, path: str) -> None:
+    owner = await api.account()
+    intruder = await api.account()
+    device = await api.device(owner)
+    site_id = await _site(api, device)
+    await api.send(device, {"power": 100.0})
+    r = await api.client.get(path, params={"device": device.id}, headers=intruder.headers)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "device_not_found"
+    r = await api.client.get(path, params={"site": site_id}, headers=intruder.headers)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "site_not_found"
+    for params in ({"device": device.id}, {"site": site_id}):
+        r = await api.client.get(path, params=params, headers=owner.headers)
+        assert r.status_code == 200, r.text

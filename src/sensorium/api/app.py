@@ -25,6 +25,7 @@ from sensorium.control.router import router as control_router
 from sensorium.db import create_engine, session_factory
 from sensorium.devices.router import router as devices_router
 from sensorium.devices.tokens import DeviceTokenCache
+from sensorium.energy.router import router as energy_router
 from sensorium.live.bus import make_bus
 from sensorium.live.router import router as live_router
 from sensorium.ratelimit import RateLimiter, make_storage
@@ -161,6 +162,7 @@ def create_app(
     api.include_router(telemetry_csv_router, responses=documented)
     api.include_router(fleet_csv_router, responses=documented)
     api.include_router(live_router, responses=documented)
+    api.include_router(energy_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())
     app.include_router(web_router)

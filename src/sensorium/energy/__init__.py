@@ -1,0 +1,1 @@
+"""Energy: sites, tariffs, and kWh/cost figures from power and energy readings."""

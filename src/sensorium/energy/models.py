@@ -1,0 +1,95 @@
+"""Sites (a mains meter and sub-meters), their tariffs, and the per-hour energy cache."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from sensorium.db import Base, UTCDateTime, utcnow
+
+MAINS = "mains"
+SUB = "sub"
+
+
+class Site(Base):
+    """A user's group of meters, e.g. "Home": the mains meter plus sub-circuit meters."""
+
+    __tablename__ = "energy_sites"
+    __table_args__ = (Index("ix_energy_sites_owner_id_name", "owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    # Power readings further apart than this are not bridged: the time between them is
+    # reported as missing rather than guessed.
+    max_gap_s: Mapped[int] = mapped_column(Integer, default=900)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SiteMeter(Base):
+    """A device's place in a site. A device meters one circuit, so it belongs to at most
+    one site; deleting the device removes it from its site and leaves the site intact."""
+
+    __tablename__ = "energy_site_meters"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    site_id: Mapped[int] = mapped_column(
+        ForeignKey("energy_sites.id", ondelete="CASCADE"), index=True
+    )
+    # "mains" (at most one per site) or "sub".
+    role: Mapped[str] = mapped_column(String(8))
+
+
+class Tariff(Base):
+    """A site's prices: a flat rate per kWh, time-of-use windows that override it, a daily
+    standing charge, and an optional CO2 factor."""
+
+    __tablename__ = "energy_tariffs"
+
+    site_id: Mapped[int] = mapped_column(
+        ForeignKey("energy_sites.id", ondelete="CASCADE"), primary_key=True
+    )
+    currency: Mapped[str] = mapped_column(String(3))
+    price_per_kwh: Mapped[float] = mapped_column(Float)
+    standing_charge_per_day: Mapped[float] = mapped_column(Float, default=0.0)
+    co2_g_per_kwh: Mapped[float | None] = mapped_column(Float)
+    # [{"name", "start": "HH:MM", "end": "HH:MM", "days": "all|weekday|weekend",
+    #   "price_per_kwh"}], validated not to overlap (energy.tariffs).
+    windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class EnergyHour(Base):
+    """The energy between the first and last reading of one UTC hour of one device's
+    `power` or `energy` key, computed once from the raw points.
+
+    The hour's rollup figures at the time (count, first/last, min/max, sum) are kept with
+    it: when the hour's rollup no longer matches (a late or re-sent reading), the entry is
+    recomputed. It outlives the raw points, so long ranges stay exact after retention.
+    Keyed like the points (device MAC as an integer), so it needs no device foreign key;
+    entries of a deleted device are never read (they are only used next to a rollup)."""
+
+    __tablename__ = "energy_hours"
+
+    device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # The gap limit the figure was computed with (it decides what is bridged).
+    max_gap_ms: Mapped[int] = mapped_column(BigInteger)
+    n: Mapped[int] = mapped_column(BigInteger)
+    vsum: Mapped[float] = mapped_column(Float)
+    vmin: Mapped[float] = mapped_column(Float)
+    vmax: Mapped[float] = mapped_column(Float)
+    first_ts: Mapped[int] = mapped_column(BigInteger)
+    first_value: Mapped[float] = mapped_column(Float)
+    last_ts: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float] = mapped_column(Float)
+    wh: Mapped[float] = mapped_column(Float)
+    # Unbridged stretches inside the hour, [[start_ms, end_ms], ...].
+    missing: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
+    # True when the raw points were already gone and the figure comes from the rollup.
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,766 @@
+"""Sites, tariffs, and energy figures: per device and per site, in local time, with cost.
+
+Each meter's energy per time slot comes from energy.meters; this module groups meters
+into sites, slots into local hours/days/months and tariff windows, and prices them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sensorium.db import epoch_ms
+from sensorium.devices.models import Device
+from sensorium.devices.service import get_device
+from sensorium.energy import tariffs
+from sensorium.energy.integrate import HOUR_MS, Slots, Stretch
+from sensorium.energy.meters import POWER_KEY, CacheEntries, MeterEnergy, key_ids, meter_energy
+from sensorium.energy.models import MAINS, SUB, Site, SiteMeter, Tariff
+from sensorium.energy.schemas import SeriesRow, TariffIn
+from sensorium.errors import Conflict, Invalid, NotFound
+from sensorium.protocol import mac_to_int
+from sensorium.telemetry import buckets
+from sensorium.telemetry.models import LatestValue, Point, Rollup
+from sensorium.users.models import User
+
+DEFAULT_MAX_GAP_S = 900
+MINUTE_MS = 60_000
+# The longest ranges a request may cover, so one request cannot read years of hours.
+MAX_SPAN_MS = {"1h": 93 * 86_400_000, "1d": 1_100 * 86_400_000, "1mo": 3_700 * 86_400_000}
+NIGHT_HOURS = range(6)  # local 00:00-06:00, where base load is measured
+
+
+# --- sites -----------------------------------------------------------------------------------
+
+
+def _site_not_found(site_id: int) -> NotFound:
+    return NotFound(f"site {site_id} not found", field="site", code="site_not_found")
+
+
+async def get_site(session: AsyncSession, *, owner: User, site_id: int) -> Site:
+    """The owner's site; someone else's site is NotFound too, so ids do not leak."""
+    site = await session.get(Site, site_id)
+    if site is None or site.owner_id != owner.id:
+        raise _site_not_found(site_id)
+    return site
+
+
+async def list_sites(session: AsyncSession, *, owner: User) -> list[Site]:
+    rows = await session.scalars(
+        select(Site).where(Site.owner_id == owner.id).order_by(Site.name, Site.id)
+    )
+    return list(rows)
+
+
+async def meters_of(session: AsyncSession, *, site_id: int) -> list[tuple[str, str, str]]:
+    """(device id, device name, role) of a site's meters, mains first."""
+    rows = await session.execute(
+        select(SiteMeter.device_id, Device.name, SiteMeter.role)
+        .join(Device, Device.id == SiteMeter.device_id)
+        .where(SiteMeter.site_id == site_id)
+        .order_by(SiteMeter.role, Device.name, Device.id)
+    )
+    return [(d, n, r) for d, n, r in rows]
+
+
+async def _set_meters(
+    session: AsyncSession, *, owner: User, site: Site, mains: str | None, submeters: Sequence[str]
+) -> None:
+    """Replace the site's meters; every device must be the owner's and in no other site."""
+    ids: list[tuple[str, str]] = []
+    if mains is not None:
+        ids.append(((await get_device(session, owner=owner, device_id=mains)).id, MAINS))
+    for index, device_id in enumerate(submeters):
+        device = await get_device(session, owner=owner, device_id=device_id)
+        if any(existing == device.id for existing, _ in ids):
+            raise Invalid(
+                f"device {device.id} is listed twice",
+                field=f"submeters.{index}",
+                code="duplicate_meter",
+            )
+        ids.append((device.id, SUB))
+    taken = await session.execute(
+        select(SiteMeter.device_id, Site.name)
+        .join(Site, Site.id == SiteMeter.site_id)
+        .where(SiteMeter.device_id.in_([d for d, _ in ids]), SiteMeter.site_id != site.id)
+    )
+    for device_id, other in taken:
+        raise Conflict(
+            f"device {device_id} already meters site {other!r}",
+            field="mains" if (device_id, MAINS) in ids else "submeters",
+            code="meter_in_other_site",
+        )
+    await session.execute(delete(SiteMeter).where(SiteMeter.site_id == site.id))
+    session.add_all(SiteMeter(device_id=d, site_id=site.id, role=role) for d, role in ids)
+    await session.flush()
+
+
+async def create_site(
+    session: AsyncSession,
+    *,
+    owner: User,
+    name: str,
+    mains: str | None = None,
+    submeters: Sequence[str] = (),
+    max_gap_s: int = DEFAULT_MAX_GAP_S,
+) -> Site:
+    site = Site(owner_id=owner.id, name=name.strip(), max_gap_s=max_gap_s)
+    session.add(site)
+    await session.flush()
+    await _set_meters(session, owner=owner, site=site, mains=mains, submeters=submeters)
+    return site
+
+
+async def update_site(
+    session: AsyncSession, *, owner: User, site_id: int, changes: dict[str, Any]
+) -> Site:
+    """Apply the fields present in `changes` (name, mains, submeters, max_gap_s)."""
+    site = await get_site(session, owner=owner, site_id=site_id)
+    if changes.get("name") is not None:
+        site.name = str(changes["name"]).strip()
+    if changes.get("max_gap_s") is not None:
+        site.max_gap_s = int(changes["max_gap_s"])
+    if "mains" in changes or changes.get("submeters") is not None:
+        current = await meters_of(session, site_id=site.id)
+        mains = changes["mains"] if "mains" in changes else _mains_of(current)
+        subs = changes.get("submeters")
+        if subs is None:
+            subs = [d for d, _n, role in current if role == SUB]
+        await _set_meters(session, owner=owner, site=site, mains=mains, submeters=subs)
+    await session.flush()
+    return site
+
+
+def _mains_of(meters: Sequence[tuple[str, str, str]]) -> str | None:
+    return next((d for d, _n, role in meters if role == MAINS), None)
+
+
+async def delete_site(session: AsyncSession, *, owner: User, site_id: int) -> None:
+    site = await get_site(session, owner=owner, site_id=site_id)
+    await session.execute(delete(SiteMeter).where(SiteMeter.site_id == site.id))
+    await session.execute(delete(Tariff).where(Tariff.site_id == site.id))
+    await session.execute(delete(Site).where(Site.id == site.id))
+
+
+# --- tariffs ---------------------------------------------------------------------------------
+
+
+def windows_of(tariff: Tariff | None) -> list[tariffs.Window]:
+    if tariff is None:
+        return []
+    return [
+        tariffs.Window(
+            tariffs.parse_hhmm(w["start"]),
+            tariffs.parse_hhmm(w["end"]),
+            w.get("days", "all"),
+            float(w["price_per_kwh"]),
+            w.get("name", ""),
+        )
+        for w in tariff.windows
+    ]
+
+
+async def set_tariff(session: AsyncSession, *, owner: User, site_id: int, body: TariffIn) -> Tariff:
+    """Create or replace the site's tariff. Windows may not overlap (422)."""
+    site = await get_site(session, owner=owner, site_id=site_id)
+    windows = [w.model_dump() for w in body.windows]
+    parsed = [
+        tariffs.Window(
+            tariffs.parse_hhmm(w.start), tariffs.parse_hhmm(w.end), w.days, w.price_per_kwh
+        )
+        for w in body.windows
+    ]
+    overlap = tariffs.find_overlap(parsed)
+    if overlap is not None:
+        first, second, minute = overlap
+        day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[minute // tariffs.DAY_MIN]
+        raise Invalid(
+            f"windows {first} and {second} overlap (both apply on {day} at "
+            f"{tariffs.hhmm(minute % tariffs.DAY_MIN)})",
+            field=f"windows.{second}",
+            code="overlapping_windows",
+        )
+    tariff = await session.get(Tariff, site.id)
+    if tariff is None:
+        tariff = Tariff(site_id=site.id)
+        session.add(tariff)
+    tariff.currency = body.currency
+    tariff.price_per_kwh = body.price_per_kwh
+    tariff.standing_charge_per_day = body.standing_charge_per_day
+    tariff.co2_g_per_kwh = body.co2_g_per_kwh
+    tariff.windows = windows
+    await session.flush()
+    return tariff
+
+
+async def get_tariff(session: AsyncSession, *, owner: User, site_id: int) -> Tariff:
+    site = await get_site(session, owner=owner, site_id=site_id)
+    tariff = await session.get(Tariff, site.id)
+    if tariff is None:
+        raise NotFound(f"site {site_id} has no tariff", field="site", code="tariff_not_found")
+    return tariff
+
+
+async def delete_tariff(session: AsyncSession, *, owner: User, site_id: int) -> None:
+    site = await get_site(session, owner=owner, site_id=site_id)
+    await session.execute(delete(Tariff).where(Tariff.site_id == site.id))
+
+
+# --- what a figure is about ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Scope:
+    """A site or one device: its meters, and the tariff and gap limit that apply."""
+
+    name: str
+    site_id: int | None
+    device_id: str | None
+    # (device id, name, role); a device scope has one meter of role "device".
+    meters: list[tuple[str, str, str]]
+    tariff: Tariff | None
+    max_gap_ms: int
+    # Whether the standing charge belongs to these figures: a site's, or its mains meter's.
+    standing: bool
+
+    @property
+    def has_mains(self) -> bool:
+        return any(role == MAINS for _d, _n, role in self.meters)
+
+
+async def resolve_scope(
+    session: AsyncSession, *, owner: User, site_id: int | None, device_id: str | None
+) -> Scope:
+    if (site_id is None) == (device_id is None):
+        raise Invalid("give exactly one of site and device", field="site", code="invalid_scope")
+    if site_id is not None:
+        site = await get_site(session, owner=owner, site_id=site_id)
+        return Scope(
+            name=site.name,
+            site_id=site.id,
+            device_id=None,
+            meters=await meters_of(session, site_id=site.id),
+            tariff=await session.get(Tariff, site.id),
+            max_gap_ms=site.max_gap_s * 1000,
+            standing=True,
+        )
+    assert device_id is not None
+    device = await get_device(session, owner=owner, device_id=device_id)
+    membership = (
+        await session.execute(
+            select(SiteMeter.role, Site).join(Site).where(SiteMeter.device_id == device.id)
+        )
+    ).first()
+    role: str | None = membership[0] if membership else None
+    home: Site | None = membership[1] if membership else None
+    return Scope(
+        name=device.name,
+        site_id=None,
+        device_id=device.id,
+        meters=[(device.id, device.name, "device")],
+        tariff=await session.get(Tariff, home.id) if home is not None else None,
+        max_gap_ms=(home.max_gap_s if home is not None else DEFAULT_MAX_GAP_S) * 1000,
+        standing=role == MAINS,
+    )
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def local(ms: int, tz: ZoneInfo) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz)
+
+
+def local_ms(day: date, tz: ZoneInfo, at: datetime | None = None) -> int:
+    t = at.time() if at is not None else datetime.min.time()
+    return int(datetime.combine(day, t, tzinfo=tz).timestamp() * 1000)
+
+
+def price_table(tariff: Tariff | None) -> tariffs.PriceTable | None:
+    return tariffs.PriceTable(tariff.price_per_kwh, windows_of(tariff)) if tariff else None
+
+
+def make_cuts(
+    start: int,
+    end: int,
+    tz: ZoneInfo,
+    *,
+    edges: Sequence[int] = (),
+    prices: tariffs.PriceTable | None = None,
+    local_hours: bool = False,
+) -> list[int]:
+    """Slot edges for [start, end): every UTC hour (the unit of the cache), the given
+    edges, every instant the price may change, and with `local_hours` every local hour
+    (differs from UTC hours in zones with a :30 or :45 offset)."""
+    cuts = {start, end, *(e for e in edges if start < e < end)}
+    first = start - start % HOUR_MS
+    cuts.update(range(first + HOUR_MS, end, HOUR_MS))
+    if local_hours:
+        for hour in range(first, end, HOUR_MS):
+            offset = local(hour, tz).utcoffset()
+            shift = -int(offset.total_seconds() * 1000) % HOUR_MS if offset else 0
+            if shift and start < hour + shift < end:
+                cuts.add(hour + shift)
+    if prices is not None:
+        cuts.update(prices.changes(start, end, tz))
+    return sorted(cuts)
+
+
+@dataclass(slots=True)
+class ScopeEnergy:
+    meters: list[tuple[tuple[str, str, str], MeterEnergy]]
+    total: Slots
+    unmetered: Slots | None
+    missing: list[Stretch]
+    estimated: bool
+
+
+async def scope_energy(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    cuts: Sequence[int],
+    now_ms: int,
+    cache: CacheEntries | None,
+) -> ScopeEnergy:
+    """Every meter's energy, the scope's total (the mains meter when there is one, else the
+    sum of the meters) and, with a mains meter, the unmetered remainder (mains - subs)."""
+    meters = [
+        (
+            meter,
+            await meter_energy(
+                session,
+                device_id=meter[0],
+                cuts=cuts,
+                max_gap_ms=scope.max_gap_ms,
+                now_ms=now_ms,
+                cache=cache,
+            ),
+        )
+        for meter in scope.meters
+    ]
+    empty = Slots.over(cuts)
+    mains = [e for (_d, _n, role), e in meters if role == MAINS]
+    subs = [e for (_d, _n, role), e in meters if role != MAINS]
+    sub_total = empty
+    for e in subs:
+        sub_total = sub_total.merged(e.slots)
+    if mains:
+        total, unmetered, counted = mains[0].slots, mains[0].slots.merged(sub_total, -1.0), mains
+    else:
+        total, unmetered, counted = sub_total, None, subs
+    return ScopeEnergy(
+        meters=meters,
+        total=total,
+        unmetered=unmetered,
+        missing=_union(m for e in counted for m in e.missing),
+        estimated=any(e.estimated for _m, e in meters),
+    )
+
+
+def _union(stretches: Any) -> list[Stretch]:
+    out: list[Stretch] = []
+    for a, b in sorted(stretches):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    return out
+
+
+def slot_prices(slots: Slots, prices: tariffs.PriceTable | None, tz: ZoneInfo) -> list[float]:
+    """The price per kWh of each slot (one price per slot: price changes are slot edges)."""
+    if prices is None:
+        return [0.0] * len(slots.wh)
+    if not prices.windows:
+        return [prices.flat] * len(slots.wh)
+    return [prices.at(local(c, tz)) for c in slots.cuts[:-1]]
+
+
+def local_days(start: int, end: int, tz: ZoneInfo) -> list[date]:
+    """The local dates [start, end) touches."""
+    if end <= start:
+        return []
+    first, last = local(start, tz).date(), local(end - 1, tz).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _stretches(stretches: Sequence[Stretch], tz: ZoneInfo) -> list[dict[str, Any]]:
+    return [
+        {"start": buckets.iso(a, tz), "end": buckets.iso(b, tz), "start_ms": a, "end_ms": b}
+        for a, b in stretches
+    ]
+
+
+def figures(
+    energy: ScopeEnergy,
+    scope: Scope,
+    tz: ZoneInfo,
+    prices: tariffs.PriceTable | None,
+) -> dict[str, Any]:
+    slots = energy.total
+    kwh = slots.total() / 1000.0
+    tariff = scope.tariff
+    energy_cost = standing = cost = co2 = None
+    if tariff is not None:
+        per_slot = slot_prices(slots, prices, tz)
+        energy_cost = sum(wh / 1000.0 * p for wh, p in zip(slots.wh, per_slot, strict=True))
+        days = len(local_days(slots.start, slots.end, tz))
+        standing = days * tariff.standing_charge_per_day if scope.standing else 0.0
+        cost = energy_cost + standing
+        if tariff.co2_g_per_kwh is not None:
+            co2 = kwh * tariff.co2_g_per_kwh / 1000.0
+    return {
+        "start": buckets.iso(slots.start, tz),
+        "end": buckets.iso(slots.end, tz),
+        "start_ms": slots.start,
+        "end_ms": slots.end,
+        "kwh": kwh,
+        "energy_cost": energy_cost,
+        "standing_charge": standing,
+        "cost": cost,
+        "co2_kg": co2,
+        "missing": _stretches(energy.missing, tz),
+        "estimated": energy.estimated,
+    }
+
+
+def period_bounds(period: str, at_ms: int, tz: ZoneInfo) -> tuple[int, int, int]:
+    """(start of the period holding `at`, start of the previous period, and the same
+    elapsed point in it: the same local weekday/day of month/date and time of day,
+    clamped to the previous period's end when it is shorter)."""
+    now = local(at_ms, tz)
+    today = now.date()
+    if period == "day":
+        start, prev = today, today - timedelta(days=1)
+        same = prev
+    elif period == "week":
+        start = today - timedelta(days=today.weekday())
+        prev = start - timedelta(days=7)
+        same = today - timedelta(days=7)
+    elif period == "month":
+        start = today.replace(day=1)
+        prev = (start - timedelta(days=1)).replace(day=1)
+        same = prev.replace(day=min(today.day, (start - timedelta(days=1)).day))
+        if today.day > (start - timedelta(days=1)).day:
+            same = start  # the previous month is shorter: all of it
+    elif period == "year":
+        start, prev = date(today.year, 1, 1), date(today.year - 1, 1, 1)
+        try:
+            same = today.replace(year=today.year - 1)
+        except ValueError:  # 29 February
+            same = date(today.year - 1, 3, 1)
+    else:
+        raise Invalid("period must be day, week, month or year", field="period")
+    start_ms, prev_ms = local_ms(start, tz), local_ms(prev, tz)
+    same_ms = local_ms(same, tz, None if same == start else now)
+    return start_ms, prev_ms, max(prev_ms, min(same_ms, start_ms))
+
+
+def base_load_w(slots: Slots, tz: ZoneInfo, until: int) -> float | None:
+    """The typical night minimum: per local night, the lowest average power of a complete
+    slot of at least half an hour between 00:00 and 06:00; the median over nights."""
+    lowest: dict[date, float] = {}
+    for i, wh in enumerate(slots.wh):
+        a, b = slots.cuts[i], slots.cuts[i + 1]
+        if b - a < HOUR_MS // 2 or b > until or slots.missing_ms[i]:
+            continue
+        start, end = local(a, tz), local(b - 1, tz)
+        if start.hour not in NIGHT_HOURS or end.hour not in NIGHT_HOURS:
+            continue
+        watts = wh * HOUR_MS / (b - a)
+        day = start.date()
+        lowest[day] = min(lowest.get(day, watts), watts)
+    return statistics.median(lowest.values()) if lowest else None
+
+
+def hourly_profile(slots: Slots, tz: ZoneInfo, until: int) -> list[float | None]:
+    """Average kWh in each local hour of the day (0-23), over the days it occurred."""
+    per_hour: dict[tuple[date, int], float] = defaultdict(float)
+    for i, wh in enumerate(slots.wh):
+        a = slots.cuts[i]
+        if a >= until:
+            break
+        t = local(a, tz)
+        per_hour[(t.date(), t.hour)] += wh
+    sums, counts = [0.0] * 24, [0] * 24
+    for (_day, hour), wh in per_hour.items():
+        sums[hour] += wh / 1000.0
+        counts[hour] += 1
+    return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+async def peak_power(
+    session: AsyncSession, *, device_id: str, start: int, end: int
+) -> tuple[float, int] | None:
+    """The highest power reading in [start, end) and when: whole hours from their
+    rollups, the partial hours at the ends from the raw points; the time is then found
+    in that hour's raw points (or its minute rollups once they are gone)."""
+    keys = await key_ids(session)
+    if POWER_KEY not in keys or end <= start:
+        return None
+    device, key_id = mac_to_int(device_id), keys[POWER_KEY]
+    inner_a = -(-start // HOUR_MS) * HOUR_MS
+    inner_b = max(inner_a, end - end % HOUR_MS)
+    best: tuple[float, int, bool] | None = None  # (watts, ts or hour, is an hour)
+    row = (
+        await session.execute(
+            select(Rollup.vmax, Rollup.bucket)
+            .where(
+                Rollup.device == device,
+                Rollup.key_id == key_id,
+                Rollup.grain == HOUR_MS,
+                Rollup.bucket >= inner_a,
+                Rollup.bucket < inner_b,
+            )
+            .order_by(Rollup.vmax.desc(), Rollup.bucket)
+            .limit(1)
+        )
+    ).first()
+    if row is not None:
+        best = (float(row[0]), int(row[1]), True)
+    for a, b in ((start, min(inner_a, end)), (max(inner_b, start), end)):
+        if a >= b:
+            continue
+        raw = (
+            await session.execute(
+                select(Point.value, Point.ts)
+                .where(Point.device == device, Point.key_id == key_id, Point.ts >= a, Point.ts < b)
+                .order_by(Point.value.desc(), Point.ts)
+                .limit(1)
+            )
+        ).first()
+        if raw is not None and (best is None or raw[0] > best[0]):
+            best = (float(raw[0]), int(raw[1]), False)
+    if best is None:
+        return None
+    watts, at, is_hour = best
+    if not is_hour:
+        return watts, at
+    for query in (
+        select(Point.ts).where(
+            Point.device == device,
+            Point.key_id == key_id,
+            Point.ts >= at,
+            Point.ts < at + HOUR_MS,
+            Point.value == watts,
+        ),
+        select(Rollup.bucket).where(
+            Rollup.device == device,
+            Rollup.key_id == key_id,
+            Rollup.grain == MINUTE_MS,
+            Rollup.bucket >= at,
+            Rollup.bucket < at + HOUR_MS,
+            Rollup.vmax == watts,
+        ),
+    ):
+        found = await session.scalar(query.order_by(query.selected_columns[0]).limit(1))
+        if found is not None:
+            return watts, int(found)
+    return watts, at
+
+
+def slot_peak(slots: Slots) -> tuple[float, int] | None:
+    """For meters without power readings: the highest average power over a slot of at
+    least 15 minutes."""
+    best: tuple[float, int] | None = None
+    for i, wh in enumerate(slots.wh):
+        a, b = slots.cuts[i], slots.cuts[i + 1]
+        if b - a < HOUR_MS // 4:
+            continue
+        watts = wh * HOUR_MS / (b - a)
+        if best is None or watts > best[0]:
+            best = (watts, a)
+    return best
+
+
+async def now_power(session: AsyncSession, *, scope: Scope) -> tuple[float, int] | None:
+    """The latest power of the scope: its mains meter or device, else the sum of its
+    meters (when every one has a reading)."""
+    keys = await key_ids(session)
+    if POWER_KEY not in keys or not scope.meters:
+        return None
+    ids = [d for d, _n, role in scope.meters if role == MAINS] or [d for d, _n, _r in scope.meters]
+    rows = list(
+        await session.execute(
+            select(LatestValue.value, LatestValue.ts).where(
+                LatestValue.device.in_([mac_to_int(d) for d in ids]),
+                LatestValue.key_id == keys[POWER_KEY],
+            )
+        )
+    )
+    if len(rows) != len(ids):
+        return None
+    return sum(float(v) for v, _t in rows), min(int(t) for _v, t in rows)
+
+
+async def summary(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    period: str,
+    at_ms: int,
+    tz: ZoneInfo,
+    now_ms: int | None = None,
+    cache: CacheEntries | None = None,
+) -> dict[str, Any]:
+    """The period holding `at` so far, the previous period up to the same point, peak,
+    base load, hourly profile, and per-meter figures (a dict shaped as SummaryPublic)."""
+    now_ms = now_ms if now_ms is not None else epoch_ms()
+    start, prev_start, prev_at = period_bounds(period, at_ms, tz)
+    prices = price_table(scope.tariff)
+    cur_cuts = make_cuts(start, max(at_ms, start + 1), tz, prices=prices, local_hours=True)
+    prev_cuts = make_cuts(prev_start, max(prev_at, prev_start + 1), tz, prices=prices)
+    current = await scope_energy(session, scope=scope, cuts=cur_cuts, now_ms=now_ms, cache=cache)
+    previous = await scope_energy(session, scope=scope, cuts=prev_cuts, now_ms=now_ms, cache=cache)
+    cur_fig, prev_fig = figures(current, scope, tz, prices), figures(previous, scope, tz, prices)
+    until = min(at_ms, now_ms) - scope.max_gap_ms
+    change = None
+    if prev_fig["kwh"] > 0:
+        change = (cur_fig["kwh"] - prev_fig["kwh"]) / prev_fig["kwh"] * 100.0
+    peak: dict[str, Any] | None = None
+    main = next((d for d, _n, role in scope.meters if role in (MAINS, "device")), None)
+    found = await peak_power(session, device_id=main, start=start, end=at_ms) if main else None
+    kind = "reading"
+    if found is None:
+        found, kind = slot_peak(current.total), "slot_average"
+    if found is not None:
+        peak = {"w": found[0], "at": buckets.iso(found[1], tz), "at_ms": found[1], "kind": kind}
+    meters = []
+    per_slot = slot_prices(current.total, prices, tz)
+    for (meter, energy), (_m, before) in zip(current.meters, previous.meters, strict=True):
+        meters.append(
+            {
+                "device_id": meter[0],
+                "name": meter[1],
+                "role": meter[2],
+                "source": energy.source,
+                "kwh": energy.slots.total() / 1000.0,
+                "energy_cost": _slot_cost(energy.slots, per_slot) if prices else None,
+                "previous_kwh": before.slots.total() / 1000.0,
+                "missing": _stretches(energy.missing, tz),
+            }
+        )
+    now = await now_power(session, scope=scope)
+    unmetered = current.unmetered
+    return {
+        "site_id": scope.site_id,
+        "device_id": scope.device_id,
+        "name": scope.name,
+        "period": period,
+        "tz": tz.key,
+        "at": buckets.iso(at_ms, tz),
+        "currency": scope.tariff.currency if scope.tariff else None,
+        "now": {"w": now[0], "ts": now[1]} if now else None,
+        "current": cur_fig,
+        "previous": prev_fig,
+        "change_pct": change,
+        "peak": peak,
+        "base_load_w": base_load_w(current.total, tz, until),
+        "hourly_profile": hourly_profile(current.total, tz, min(at_ms, now_ms)),
+        "meters": meters,
+        "unmetered_kwh": unmetered.total() / 1000.0 if unmetered else None,
+        "unmetered_cost": _slot_cost(unmetered, per_slot) if unmetered and prices else None,
+    }
+
+
+def _slot_cost(slots: Slots, per_slot: Sequence[float]) -> float:
+    return sum(wh / 1000.0 * p for wh, p in zip(slots.wh, per_slot, strict=True))
+
+
+async def series(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    interval: str,
+    from_ms: int,
+    to_ms: int,
+    tz: ZoneInfo,
+    now_ms: int | None = None,
+    cache: CacheEntries | None = None,
+) -> dict[str, Any]:
+    """kWh and cost per local hour, day or month in [from, to) (a dict shaped as
+    SeriesPublic); for sites, per meter and the unmetered remainder too."""
+    now_ms = now_ms if now_ms is not None else epoch_ms()
+    if interval not in MAX_SPAN_MS:
+        raise Invalid("interval must be 1h, 1d or 1mo", field="interval", code="invalid_interval")
+    if from_ms >= to_ms:
+        raise Invalid("from must be before to", field="from", code="invalid_range")
+    if to_ms - from_ms > MAX_SPAN_MS[interval]:
+        days = MAX_SPAN_MS[interval] // 86_400_000
+        raise Invalid(
+            f"at most {days} days at interval {interval}", field="from", code="range_too_long"
+        )
+    plan = buckets.buckets(interval, from_ms, to_ms, tz)
+    prices = price_table(scope.tariff)
+    cuts = make_cuts(from_ms, to_ms, tz, edges=plan.starts, prices=prices)
+    energy = await scope_energy(session, scope=scope, cuts=cuts, now_ms=now_ms, cache=cache)
+    total = energy.total
+    per_slot = slot_prices(total, prices, tz)
+    starts = [s for s in plan.starts if s < to_ms]
+    rows = [
+        SeriesRow(
+            start=buckets.iso(s, tz),
+            bucket=s,
+            kwh=0.0,
+            energy_cost=0.0 if prices else None,
+            standing_charge=0.0 if prices else None,
+            cost=None,
+            co2_kg=None,
+            missing_ms=0,
+            meters={},
+            unmetered_kwh=0.0 if energy.unmetered else None,
+        )
+        for s in starts
+    ]
+
+    def row_of(ts: int) -> SeriesRow:
+        return rows[max(0, bisect_right(starts, ts) - 1)]
+
+    for i, wh in enumerate(total.wh):
+        row = row_of(total.cuts[i])
+        row.kwh += wh / 1000.0
+        row.missing_ms += total.missing_ms[i]
+        if row.energy_cost is not None:
+            row.energy_cost += wh / 1000.0 * per_slot[i]
+        if energy.unmetered is not None and row.unmetered_kwh is not None:
+            row.unmetered_kwh += energy.unmetered.wh[i] / 1000.0
+    if scope.site_id is not None:
+        for (device_id, _n, _r), meter in energy.meters:
+            for row in rows:
+                row.meters[device_id] = 0.0
+            for i, wh in enumerate(meter.slots.wh):
+                row_of(meter.slots.cuts[i]).meters[device_id] += wh / 1000.0
+    tariff = scope.tariff
+    if tariff is not None:
+        if scope.standing:
+            for day in local_days(from_ms, to_ms, tz):
+                charged = row_of(max(local_ms(day, tz), from_ms))
+                assert charged.standing_charge is not None
+                charged.standing_charge += tariff.standing_charge_per_day
+        for row in rows:
+            assert row.energy_cost is not None
+            assert row.standing_charge is not None
+            row.cost = row.energy_cost + row.standing_charge
+            if tariff.co2_g_per_kwh is not None:
+                row.co2_kg = row.kwh * tariff.co2_g_per_kwh / 1000.0
+    return {
+        "site_id": scope.site_id,
+        "device_id": scope.device_id,
+        "interval": interval,
+        "tz": tz.key,
+        "currency": tariff.currency if tariff else None,
+        "start": buckets.iso(from_ms, tz),
+        "end": buckets.iso(to_ms, tz),
+        "rows": [r.model_dump() for r in rows],
+        "missing": _stretches(energy.missing, tz),
+    }

@@ -1,0 +1,94 @@
+"""Time-of-use tariffs: which price applies at a local time, and where windows overlap.
+
+A window applies on the days it starts ("weekday" 23:00-07:00 covers Friday night into
+Saturday morning) and may cross midnight; start == end means the whole day. Times are
+local wall-clock minutes, so a window follows the site's time zone across DST changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+DAY_MIN = 1440
+WEEK_MIN = 7 * DAY_MIN
+DAYS = {"all": range(7), "weekday": range(5), "weekend": range(5, 7)}
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start_min: int  # minutes after local midnight
+    end_min: int
+    days: str  # a key of DAYS
+    price_per_kwh: float
+    name: str = ""
+
+    def minutes_of_week(self) -> list[tuple[int, int]]:
+        """The [start, end) minute-of-week ranges (Monday 00:00 = 0) the window covers."""
+        length = (self.end_min - self.start_min) % DAY_MIN or DAY_MIN
+        out: list[tuple[int, int]] = []
+        for day in DAYS[self.days]:
+            start = day * DAY_MIN + self.start_min
+            end = start + length
+            if end <= WEEK_MIN:
+                out.append((start, end))
+            else:  # Sunday night into Monday morning
+                out += [(start, WEEK_MIN), (0, end - WEEK_MIN)]
+        return out
+
+
+def parse_hhmm(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def find_overlap(windows: Sequence[Window]) -> tuple[int, int, int] | None:
+    """(first window, second window, minute of week) where two windows both apply, if any."""
+    owner = [-1] * WEEK_MIN
+    for index, window in enumerate(windows):
+        for start, end in window.minutes_of_week():
+            for minute in range(start, end):
+                if owner[minute] >= 0:
+                    return owner[minute], index, minute
+                owner[minute] = index
+    return None
+
+
+class PriceTable:
+    """The price per kWh for every minute of the week."""
+
+    def __init__(self, flat: float, windows: Sequence[Window]) -> None:
+        self.flat = flat
+        self.windows = list(windows)
+        self._by_minute: list[float] = [flat] * WEEK_MIN
+        for window in windows:
+            for start, end in window.minutes_of_week():
+                self._by_minute[start:end] = [window.price_per_kwh] * (end - start)
+
+    def at(self, local: datetime) -> float:
+        return self._by_minute[local.weekday() * DAY_MIN + local.hour * 60 + local.minute]
+
+    def changes(self, start_ms: int, end_ms: int, tz: ZoneInfo) -> list[int]:
+        """The instants in (start_ms, end_ms) where a window begins or ends: the points where
+        the price may change, so a stretch between two of them has one price."""
+        if not self.windows:
+            return []
+        edges = sorted({w.start_min for w in self.windows} | {w.end_min for w in self.windows})
+        first = datetime.fromtimestamp(start_ms / 1000, tz).date() - timedelta(days=1)
+        last = datetime.fromtimestamp(end_ms / 1000, tz).date()
+        out: list[int] = []
+        day: date = first
+        while day <= last:
+            for minute in edges:
+                local = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=tz)
+                at = int(local.timestamp() * 1000)
+                if start_ms < at < end_ms:
+                    out.append(at)
+            day += timedelta(days=1)
+        return out

@@ -1,0 +1,112 @@
+"""The arithmetic under the energy figures: tariff windows, slots, integration, rollup
+estimates, and figures that survive the raw points' retention."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import delete
+
+from sensorium.energy import tariffs
+from sensorium.energy.integrate import Integrator, Slots, estimate_interior
+from sensorium.telemetry.models import Point
+from tests.energy.conftest import HOUR, MINUTE, constant, get, ms, readings, store
+from tests.helpers import Api
+
+
+def window(start: str, end: str, days: str = "all", price: float = 0.1) -> tariffs.Window:
+    return tariffs.Window(tariffs.parse_hhmm(start), tariffs.parse_hhmm(end), days, price)
+
+
+def test_windows_cross_midnight_and_the_week_end() -> None:
+    night = window("23:00", "07:00", "weekend")
+    # Saturday 23:00 - Sunday 07:00, and Sunday 23:00 - Monday 07:00 (wrapping the week).
+    assert night.minutes_of_week() == [
+        (5 * 1440 + 23 * 60, 6 * 1440 + 7 * 60),
+        (6 * 1440 + 23 * 60, 7 * 1440),
+        (0, 7 * 60),
+    ]
+    assert tariffs.find_overlap([night, window("06:00", "08:00", "weekday")]) == (0, 1, 6 * 60)
+    assert tariffs.find_overlap([night, window("07:00", "23:00")]) is None
+    assert tariffs.find_overlap([window("00:00", "00:00", "weekday")]) is None
+
+
+def test_price_changes_follow_local_time_across_dst() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    table = tariffs.PriceTable(0.3, [window("23:00", "07:00")])
+    start, end = ms("2026-03-28T12:00:00+01:00"), ms("2026-03-30T12:00:00+02:00")
+    changes = table.changes(start, end, tz)
+    assert changes == [
+        ms("2026-03-28T23:00:00+01:00"),
+        ms("2026-03-29T07:00:00+02:00"),
+        ms("2026-03-29T23:00:00+02:00"),
+        ms("2026-03-30T07:00:00+02:00"),
+    ]
+
+
+def test_bridging_splits_a_trapezoid_at_slot_edges() -> None:
+    slots = Slots.over([0, 30 * MINUTE, HOUR])
+    integrator = Integrator(slots, counter=False, max_gap_ms=HOUR)
+    # 0 W rising to 1000 W over the hour: 500 Wh, 125 in the first half, 375 in the second.
+    integrator.bridge(0, 0.0, HOUR, 1000.0)
+    assert slots.wh == [pytest.approx(125.0), pytest.approx(375.0)]
+    assert integrator.missing == []
+
+
+def test_a_counter_reset_counts_the_new_value_and_a_long_gap_past_it_is_missing() -> None:
+    slots = Slots.over([0, HOUR, 2 * HOUR, 5 * HOUR])
+    integrator = Integrator(slots, counter=True, max_gap_ms=15 * MINUTE)
+    integrator.bridge(0, 10.0, HOUR, 11.0)  # +1 kWh
+    integrator.bridge(HOUR, 11.0, HOUR + MINUTE, 0.25)  # reset: 0.25 kWh since
+    integrator.bridge(2 * HOUR, 3.0, 5 * HOUR, 0.5)  # reset during a 3-hour gap
+    assert slots.wh == [pytest.approx(1000.0), pytest.approx(250.0), pytest.approx(500.0)]
+    assert integrator.missing == [(2 * HOUR, 5 * HOUR)]
+    assert slots.missing_ms == [0, 0, 3 * HOUR]
+
+
+def test_rollup_estimates() -> None:
+    # Ten readings a minute apart of a constant 600 W: 9 minutes at 600 W = 90 Wh.
+    wh, missing = estimate_interior(
+        counter=False, max_gap_ms=HOUR, n=10, vsum=6000.0, vmin=600.0, vmax=600.0,
+        first=(0, 600.0), last=(9 * MINUTE, 600.0),
+    )  # fmt: skip
+    assert wh == pytest.approx(90.0)
+    assert missing == []
+    # Too sparse to bridge.
+    _wh, missing = estimate_interior(
+        counter=False, max_gap_ms=MINUTE, n=2, vsum=2.0, vmin=1.0, vmax=1.0,
+        first=(0, 1.0), last=(HOUR, 1.0),
+    )  # fmt: skip
+    assert missing == [(0, HOUR)]
+    # A counter whose minimum is below its first value was reset inside.
+    wh, _m = estimate_interior(
+        counter=True, max_gap_ms=HOUR, n=5, vsum=0.0, vmin=0.0, vmax=12.0,
+        first=(0, 10.0), last=(HOUR, 1.5),
+    )  # fmt: skip
+    assert wh == pytest.approx((2.0 + 1.5) * 1000)
+
+
+async def test_figures_survive_the_raw_points_retention(api: Api) -> None:
+    owner = await api.account()
+    seen, unseen = await api.device(owner), await api.device(owner)
+    day = ms("2026-06-10T00:00:00+00:00")
+    for device in (seen, unseen):
+        await store(api, device, readings("power", day - HOUR, day + 25 * HOUR, MINUTE,
+                                          constant(800.0)))  # fmt: skip
+    url = "/api/v1/energy/summary"
+    # Monday 8 June to Thursday 11 June 00:00: the data's hours all lie whole inside.
+    params = {"period": "week", "at": "2026-06-11T00:00:00+00:00"}
+    first = await get(api, url, owner.headers, device=seen.id, **params)
+    assert first["current"]["kwh"] == pytest.approx(19.2 + 0.8)
+    assert first["current"]["estimated"] is False
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with sessions() as session, session.begin():
+        await session.execute(delete(Point))
+    # The hours computed before are kept: the same figures, still exact.
+    again = await get(api, url, owner.headers, device=seen.id, **params)
+    assert again["current"] == first["current"]
+    # Never computed before: the hourly rollups stand in, and say so.
+    other = await get(api, url, owner.headers, device=unseen.id, **params)
+    assert other["current"]["estimated"] is True
+    assert other["current"]["kwh"] == pytest.approx(20.0, rel=1e-3)
