@@ -11,7 +11,7 @@ TMP_DB := $(shell mktemp -u /tmp/sensorium-check-XXXXXX).db
 # pytest exits 5 when it collected nothing; a filter that matches nothing is not a failure.
 PYTEST = rc=0; $(PY) -m pytest -W error $(PYTEST_ARGS) $(1) || rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-.PHONY: help install mosquitto chromium demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
+.PHONY: help install mosquitto chromium nodejs demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,7 +42,15 @@ demo: install ## Migrate an SQLite database and start the server with a demo log
 serve: install ## Start the server (configure with SENSORIUM_* variables)
 	$(VENV)/bin/sensorium serve
 
-test: install chromium lint typecheck migrations-check test-sqlite test-postgresql ## Everything CI checks
+test: install chromium nodejs lint typecheck migrations-check test-sqlite test-postgresql ## Everything CI checks
+
+# The firmware's pure modules are also tested under MicroPython's WebAssembly build (npm).
+nodejs:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; \
+	else echo "Install Node.js and npm for the firmware's MicroPython tests." >&2; fi
 
 # The browser tests drive Debian's chromium (Playwright cannot download browsers here).
 chromium:
@@ -53,12 +61,12 @@ chromium:
 	else echo "Install chromium (or set SENSORIUM_TEST_CHROMIUM) for the browser tests." >&2; fi
 
 lint: install ## ruff lint and format check
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench firmware
+	$(VENV)/bin/ruff format --check src tests bench firmware
 
 fmt: install ## Format and autofix
-	$(VENV)/bin/ruff format src tests bench
-	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench firmware
+	$(VENV)/bin/ruff check --fix src tests bench firmware
 
 typecheck: install ## mypy --strict
 	$(VENV)/bin/mypy src tests bench
@@ -79,3 +87,5 @@ bench: install ## Run the benchmarks (results go in docs/benchmarks.md)
 
 clean: ## Remove the venv, caches and the local database
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info
+
+include firmware/firmware.mk

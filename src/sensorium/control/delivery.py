@@ -38,6 +38,9 @@ class DownlinkUnavailable(RuntimeError):
 
 
 class Downlink(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
 
 
@@ -53,6 +56,10 @@ class MqttDownlink:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mqtt-downlink")
@@ -150,7 +157,11 @@ class ControlPlane:
 
     async def update_desired(self, device_id: str) -> None:
         """After a change: publish it now if the broker is there; else the device gets it
-        when it comes online (published again then)."""
+        when it comes online (published again then). Never makes the caller wait for a
+        broker that is away."""
+        if self.downlink is None or not self.downlink.connected:
+            log.info("desired state of %s goes out when the broker is back", device_id)
+            return
         try:
             await self.publish_desired(device_id)
         except DownlinkUnavailable as exc:
@@ -166,7 +177,8 @@ class ControlPlane:
         """Claim the device's queued commands and publish them in order; what could not be
         published goes back to queued. Returns how many were published."""
         downlink = self.downlink
-        if downlink is None:
+        if downlink is None or not downlink.connected:
+            # Queued: they go out when the device next says it is online.
             return 0
         lock = self._locks.get(device_id)
         if lock is None:

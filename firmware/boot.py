@@ -1,0 +1,4 @@
+# Runs first on every boot. Kept minimal: main.py starts the firmware.
+import gc
+
+gc.collect()
