@@ -11,7 +11,7 @@ TMP_DB := $(shell mktemp -u /tmp/sensorium-check-XXXXXX).db
 # pytest exits 5 when it collected nothing; a filter that matches nothing is not a failure.
 PYTEST = rc=0; $(PY) -m pytest -W error $(PYTEST_ARGS) $(1) || rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-.PHONY: help install mosquitto chromium nodejs demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
+.PHONY: help install mosquitto chromium nodejs redis demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,7 +42,15 @@ demo: install ## Migrate an SQLite database and start the server with a demo log
 serve: install ## Start the server (configure with SENSORIUM_* variables)
 	$(VENV)/bin/sensorium serve
 
-test: install chromium nodejs lint typecheck migrations-check test-sqlite test-postgresql ## Everything CI checks
+test: install chromium nodejs redis lint typecheck migrations-check test-sqlite test-postgresql ## Everything CI checks
+
+# The live-bus tests start their own redis-server (two API processes share events through it).
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; \
+	else echo "Install Redis for the live-bus tests (or set SENSORIUM_TEST_REDIS_URL)." >&2; fi
 
 # The firmware's pure modules are also tested under MicroPython's WebAssembly build (npm).
 nodejs:

@@ -165,6 +165,20 @@ async def fleet(request: Request, session: SessionDep) -> Response:
     return _render(request, "fleet.html", user=user, devices=items, now_ms=now)
 
 
+@router.get("/energy")
+async def energy_page(request: Request, session: SessionDep) -> Response:
+    """Sites and their figures come from the energy API; the page lists which of the
+    user's devices report power or an energy counter (the meters a site can hold)."""
+    user = await _user(request, session)
+    rows, _total = await devices.list_devices(session, owner=user, limit=500)
+    latest = await telemetry.latest_many(session, device_ids=[d.id for d in rows])
+    meters = [
+        {"id": d.id, "name": d.name, "keys": sorted({"power", "energy"} & set(latest[d.id]))}
+        for d in rows
+    ]
+    return _render(request, "energy.html", user=user, meters=meters)
+
+
 @router.get("/devices/new")
 async def new_device_page(request: Request, session: SessionDep) -> Response:
     user = await _user(request, session)

@@ -106,6 +106,15 @@ class Scheduler:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Partitions for the coming weeks at once; the first retention pass an interval
+        # after start, so a crash-looping process does not delete over and over (and a
+        # test's old readings are not swept away under it).
+        try:
+            now = epoch_ms()
+            await self._partitions.ensure_range(now, now + 2 * WEEK)
+        except Exception:
+            log.exception("creating partitions ahead failed")
+        self._retention_due = loop.time() + self._retention_every_s
         while True:
             try:
                 await self.run_once()

@@ -239,6 +239,14 @@
     }
   }
 
+  // ---- delete: the button stays disabled until the device's name is typed ---------------
+  const deleteForm = document.getElementById("delete-form");
+  const confirmInput = deleteForm.querySelector('input[name="confirm"]');
+  const deleteButton = deleteForm.querySelector('button[type="submit"]');
+  const syncDelete = () => { deleteButton.disabled = confirmInput.value.trim() !== device.name; };
+  confirmInput.addEventListener("input", syncDelete);
+  syncDelete();
+
   // ---- live ---------------------------------------------------------------------------------
   for (const [key, [ts, value]] of Object.entries(device.latest || {})) updateTile(key, ts, value);
   S.connect([device.id], (event) => {
