@@ -6,6 +6,7 @@ Pure arithmetic, no database: service.py feeds it readings, cached hours and rol
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,11 +52,21 @@ class Slots:
 
     def merged(self, other: Slots, sign: float = 1.0) -> Slots:
         """Slot-wise self + sign x other (the same cuts)."""
-        return Slots(
-            self.cuts,
-            [a + sign * b for a, b in zip(self.wh, other.wh, strict=True)],
-            [max(a, b) for a, b in zip(self.missing_ms, other.missing_ms, strict=True)],
-        )
+        if len(self.wh) != len(other.wh):
+            raise ValueError("slots of different lengths")
+        if sign == 1.0:
+            wh = list(map(operator.add, self.wh, other.wh))
+        elif sign == -1.0:
+            wh = list(map(operator.sub, self.wh, other.wh))
+        else:
+            wh = [a + sign * b for a, b in zip(self.wh, other.wh, strict=True)]
+        if not any(other.missing_ms):
+            missing = list(self.missing_ms)
+        elif not any(self.missing_ms):
+            missing = list(other.missing_ms)
+        else:
+            missing = list(map(max, self.missing_ms, other.missing_ms))
+        return Slots(self.cuts, wh, missing)
 
 
 @dataclass(slots=True)

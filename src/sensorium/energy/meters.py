@@ -5,28 +5,44 @@ Each whole UTC hour is computed once from the raw points and kept in `energy_hou
 checked against the hour's rollup on every use; only hours that changed, hours cut by a
 slot edge (a bucket edge, a tariff window edge, the ends of the range) and the stretches
 between hours are read from the raw points or from the rollups' first/last readings.
+Once every hour of a UTC day is known, the day's 24 hourly figures are kept in
+`energy_days` (checked against the day's rollup), so a year is 365 rows per meter: whole
+days whose slots are exactly their 24 hours are read from there.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import operator
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.db import dialect_insert
-from sensorium.energy.integrate import HOUR_MS, Integrator, Slots, Stretch, estimate_interior
-from sensorium.energy.models import EnergyHour
+from sensorium.energy.integrate import (
+    HOUR_MS,
+    W_MS_PER_WH,
+    Integrator,
+    Slots,
+    Stretch,
+    estimate_interior,
+)
+from sensorium.energy.models import EnergyDay, EnergyHour
 from sensorium.protocol import mac_to_int
 from sensorium.telemetry.models import Point, Rollup, TelemetryKey
 
 ENERGY_KEY = "energy"
 POWER_KEY = "power"
 MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+HOURS = struct.Struct("<24d")
+# Runs of at least this many whole hours are summed by the database, not read point by point.
+BULK_HOURS = 3
 
 
 @dataclass(slots=True)
@@ -44,87 +60,26 @@ class CacheEntries:
     a read request never has to upgrade to a writer mid-way)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    days: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.days)
 
 
 async def key_ids(session: AsyncSession) -> dict[str, int]:
+    """The ids of the `energy` and `power` keys (remembered for the session: a key's id
+    never changes, and a request asks for them once per meter)."""
+    known = session.info.get("energy_key_ids")
+    if isinstance(known, dict) and len(known) == 2:
+        return dict(known)
     rows = await session.execute(
         select(TelemetryKey.name, TelemetryKey.id).where(
             TelemetryKey.name.in_([ENERGY_KEY, POWER_KEY])
         )
     )
-    return dict(rows.all())
-
-
-async def _has_data(session: AsyncSession, device: int, key_id: int, start: int, end: int) -> bool:
-    found = await session.scalar(
-        select(Rollup.bucket)
-        .where(
-            Rollup.device == device,
-            Rollup.key_id == key_id,
-            Rollup.grain == HOUR_MS,
-            Rollup.bucket >= start - start % HOUR_MS,
-            Rollup.bucket < end,
-        )
-        .limit(1)
-    )
-    return found is not None
-
-
-async def _reading_before(
-    session: AsyncSession, device: int, key_id: int, ts: int
-) -> tuple[int, float] | None:
-    """The last reading before `ts`: a raw point, or the last one a rollup remembers
-    (after retention dropped the raw points)."""
-    candidates: list[tuple[int, float]] = []
-    for query in (
-        select(Point.ts, Point.value)
-        .where(Point.device == device, Point.key_id == key_id, Point.ts < ts)
-        .order_by(Point.ts.desc())
-        .limit(1),
-        select(Rollup.last_ts, Rollup.last_value)
-        .where(
-            Rollup.device == device,
-            Rollup.key_id == key_id,
-            Rollup.grain == MINUTE_MS,
-            Rollup.bucket < ts,
-            Rollup.last_ts < ts,
-        )
-        .order_by(Rollup.bucket.desc())
-        .limit(1),
-    ):
-        row = (await session.execute(query)).first()
-        if row is not None:
-            candidates.append((int(row[0]), float(row[1])))
-    return max(candidates) if candidates else None
-
-
-async def _reading_from(
-    session: AsyncSession, device: int, key_id: int, ts: int
-) -> tuple[int, float] | None:
-    row = (
-        await session.execute(
-            select(Point.ts, Point.value)
-            .where(Point.device == device, Point.key_id == key_id, Point.ts >= ts)
-            .order_by(Point.ts)
-            .limit(1)
-        )
-    ).first()
-    if row is None:
-        row = (
-            await session.execute(
-                select(Rollup.first_ts, Rollup.first_value)
-                .where(
-                    Rollup.device == device,
-                    Rollup.key_id == key_id,
-                    Rollup.grain == MINUTE_MS,
-                    Rollup.bucket >= ts - ts % MINUTE_MS,
-                    Rollup.first_ts >= ts,
-                )
-                .order_by(Rollup.bucket)
-                .limit(1)
-            )
-        ).first()
-    return (int(row[0]), float(row[1])) if row is not None else None
+    found = dict(rows.all())
+    session.info["energy_key_ids"] = found
+    return dict(found)
 
 
 def _matches(entry: EnergyHour, rollup: Rollup, max_gap_ms: int) -> bool:
@@ -180,87 +135,406 @@ async def meter_energy(
     cache: CacheEntries | None = None,
 ) -> MeterEnergy:
     """The device's energy in each slot between consecutive `cuts` (epoch ms, sorted)."""
-    slots = Slots.over(cuts)
-    start, end = slots.start, slots.end
-    device = mac_to_int(device_id)
-    keys = await key_ids(session)
-    source: str | None = None
-    for name in (ENERGY_KEY, POWER_KEY):
-        if name in keys and await _has_data(session, device, keys[name], start, end):
-            source = name
-            break
-    integrator = Integrator(slots, counter=source == ENERGY_KEY, max_gap_ms=max_gap_ms)
+    (energy,) = await meters_energy(
+        session, device_ids=[device_id], cuts=cuts, max_gap_ms=max_gap_ms, now_ms=now_ms,
+        cache=cache,
+    )  # fmt: skip
+    return energy
+
+
+async def meters_energy(
+    session: AsyncSession,
+    *,
+    device_ids: Sequence[str],
+    cuts: Sequence[int],
+    max_gap_ms: int,
+    now_ms: int,
+    cache: CacheEntries | None = None,
+) -> list[MeterEnergy]:
+    """Each device's energy in each slot between consecutive `cuts`: what every meter
+    needs is read for all of them at once (a handful of statements, not a dozen per
+    meter); only hours that need their raw points are read per meter."""
+    template = Slots.over(cuts)
+    start, end = template.start, template.end
     until = min(end, now_ms)
-    if source is None:
-        integrator.miss(start, until)
-        return MeterEnergy(device_id, None, slots, integrator.missing, False)
-    await _integrate(session, integrator, device, keys[source], until, cache)
-    return MeterEnergy(device_id, source, slots, integrator.missing, integrator.estimated)
+    keys = await key_ids(session)
+    devices = [mac_to_int(d) for d in device_ids]
+    sources = await _sources(session, devices, keys, start, end)
+    active = [(d, keys[name]) for d in devices if (name := sources.get(d)) is not None]
+    aligned = _aligned_days(template)
+    days = await _day_rows(session, active, aligned, max_gap_ms)
+    wanted = set(aligned)
+    covered = {
+        d: [r for r in days.get(d, []) if r.hours is not None and r.bucket in wanted]
+        for d, _k in active
+    }
+    first_hour = start - start % HOUR_MS
+    spans = {d: _spans(first_hour, end, [r.bucket for r in covered[d]]) for d, _k in active}
+    hours, cached = await _hour_rows(session, active, spans)
+    before = await _readings_before(session, active, start)
+    after = await _readings_from(session, active, end)
+    out: list[MeterEnergy] = []
+    for device_id, device in zip(device_ids, devices, strict=True):
+        slots = Slots(template.cuts, [0.0] * len(template.wh), [0] * len(template.wh))
+        source = sources.get(device)
+        integrator = Integrator(slots, counter=source == ENERGY_KEY, max_gap_ms=max_gap_ms)
+        if source is None:
+            integrator.miss(start, until)
+            out.append(MeterEnergy(device_id, None, slots, integrator.missing, False))
+            continue
+        state = _Walk(integrator, before.get(device), start)
+        await _integrate(
+            session, state, device, keys[source], hours.get(device, []),
+            cached.get(device, {}), covered[device], cache,
+        )  # fmt: skip
+        state.finish(after.get(device), until)
+        if cache is not None:
+            _new_days(state, hours.get(device, []), days.get(device, []), aligned, device,
+                      keys[source], cache)  # fmt: skip
+        out.append(MeterEnergy(device_id, source, slots, integrator.missing, integrator.estimated))
+    return out
+
+
+async def _first_of_each(session: AsyncSession, queries: Sequence[Any]) -> list[Any]:
+    """The first row of each query (None when it has none), in one statement."""
+    if not queries:
+        return []
+    parts = []
+    for i, query in enumerate(queries):
+        sub = query.limit(1).subquery()
+        parts.append(select(literal(i).label("q"), *sub.c))
+    found: list[Any] = [None] * len(queries)
+    for row in await session.execute(union_all(*parts)):
+        found[row[0]] = row[1:]
+    return found
+
+
+async def _sources(
+    session: AsyncSession, devices: Sequence[int], keys: dict[str, int], start: int, end: int
+) -> dict[int, str | None]:
+    """Per device, its energy counter when that has readings in [start, end), else its
+    power when that has, else None."""
+    asks: list[tuple[int, str]] = []
+    queries = []
+    for device in devices:
+        for name in (ENERGY_KEY, POWER_KEY):
+            if name in keys:
+                asks.append((device, name))
+                queries.append(
+                    select(Rollup.bucket).where(
+                        Rollup.device == device,
+                        Rollup.key_id == keys[name],
+                        Rollup.grain == HOUR_MS,
+                        Rollup.bucket >= start - start % HOUR_MS,
+                        Rollup.bucket < end,
+                    )
+                )
+    found = await _first_of_each(session, queries)
+    out: dict[int, str | None] = {}
+    for (device, name), row in zip(asks, found, strict=True):
+        if row is not None and out.get(device) is None:
+            out[device] = name
+    return out
+
+
+def _pairs(active: Sequence[tuple[int, int]], device: Any, key_id: Any) -> Any:
+    return or_(*(and_(device == d, key_id == k) for d, k in active))
+
+
+async def _day_rows(
+    session: AsyncSession, active: Sequence[tuple[int, int]], aligned: Sequence[int], gap: int
+) -> dict[int, list[Any]]:
+    """Per device, its day rollups over the aligned days, each with its `energy_days`
+    figures when they were computed from exactly these readings (else `hours` is None)."""
+    if not active or not aligned:
+        return {}
+    r, e = Rollup, EnergyDay
+    valid = and_(
+        e.device == r.device,
+        e.key_id == r.key_id,
+        e.day == r.bucket,
+        e.max_gap_ms == gap,
+        e.n == r.n,
+        e.first_ts == r.first_ts,
+        e.last_ts == r.last_ts,
+        e.first_value == r.first_value,
+        e.last_value == r.last_value,
+        e.vmin == r.vmin,
+        e.vmax == r.vmax,
+        func.abs(e.vsum - r.vsum) <= 1e-9 * (func.abs(r.vsum) + 1.0),
+    )
+    rows = await session.execute(
+        select(
+            r.device,
+            r.bucket,
+            r.n,
+            r.vsum,
+            r.vmin,
+            r.vmax,
+            r.first_ts,
+            r.first_value,
+            r.last_ts,
+            r.last_value,
+            e.hours,
+            e.missing,
+            e.estimated,
+        )
+        .outerjoin(e, valid)
+        .where(
+            _pairs(active, r.device, r.key_id),
+            r.grain == DAY_MS,
+            r.bucket >= aligned[0],
+            r.bucket <= aligned[-1],
+        )
+        .order_by(r.device, r.bucket)
+    )
+    out: dict[int, list[Any]] = {}
+    for row in rows:
+        out.setdefault(row.device, []).append(row)
+    return out
+
+
+async def _hour_rows(
+    session: AsyncSession,
+    active: Sequence[tuple[int, int]],
+    spans: dict[int, list[tuple[int, int]]],
+) -> tuple[dict[int, list[Any]], dict[int, dict[int, Any]]]:
+    """Per device, its hour rollups in its spans (in time order) and its cached hours."""
+    by_spans: dict[tuple[tuple[int, int], ...], list[tuple[int, int]]] = {}
+    for device, key_id in active:
+        if spans[device]:
+            by_spans.setdefault(tuple(spans[device]), []).append((device, key_id))
+    if not by_spans:
+        return {}, {}
+
+    def where(device: Any, key_id: Any, bucket: Any) -> Any:
+        return or_(
+            *(
+                and_(_pairs(group, device, key_id), or_(*(and_(bucket >= a, bucket < b)
+                                                         for a, b in ranges)))
+                for ranges, group in by_spans.items()
+            )
+        )  # fmt: skip
+
+    r, e = Rollup, EnergyHour
+    hours: dict[int, list[Any]] = {}
+    for row in await session.execute(
+        select(
+            r.device,
+            r.bucket,
+            r.n,
+            r.vsum,
+            r.vmin,
+            r.vmax,
+            r.first_ts,
+            r.first_value,
+            r.last_ts,
+            r.last_value,
+        )
+        .where(r.grain == HOUR_MS, where(r.device, r.key_id, r.bucket))
+        .order_by(r.device, r.bucket)
+    ):
+        hours.setdefault(row.device, []).append(row)
+    cached: dict[int, dict[int, Any]] = {}
+    if hours:
+        for entry in await session.execute(
+            select(
+                e.device,
+                e.hour,
+                e.max_gap_ms,
+                e.n,
+                e.vsum,
+                e.vmin,
+                e.vmax,
+                e.first_ts,
+                e.first_value,
+                e.last_ts,
+                e.last_value,
+                e.wh,
+                e.missing,
+                e.estimated,
+            ).where(where(e.device, e.key_id, e.hour))
+        ):
+            cached.setdefault(entry.device, {})[entry.hour] = entry
+    return hours, cached
+
+
+async def _readings_before(
+    session: AsyncSession, active: Sequence[tuple[int, int]], ts: int
+) -> dict[int, tuple[int, float]]:
+    """Per device, the last reading before `ts`: a raw point, or the last one a rollup
+    remembers (after retention dropped the raw points)."""
+    queries = []
+    for device, key_id in active:
+        # Raw points only in the minute of `ts`: the minute rollups know the last reading
+        # of every earlier minute, and a range this short plans on one partition.
+        queries.append(
+            select(Point.ts, Point.value)
+            .where(
+                Point.device == device,
+                Point.key_id == key_id,
+                Point.ts >= ts - ts % MINUTE_MS,
+                Point.ts < ts,
+            )
+            .order_by(Point.ts.desc())
+        )
+        queries.append(
+            select(Rollup.last_ts, Rollup.last_value)
+            .where(
+                Rollup.device == device,
+                Rollup.key_id == key_id,
+                Rollup.grain == MINUTE_MS,
+                Rollup.bucket < ts,
+                Rollup.last_ts < ts,
+            )
+            .order_by(Rollup.bucket.desc())
+        )
+    found = await _first_of_each(session, queries)
+    out: dict[int, tuple[int, float]] = {}
+    for i, (device, _k) in enumerate(active):
+        candidates = [(int(r[0]), float(r[1])) for r in found[2 * i : 2 * i + 2] if r is not None]
+        if candidates:
+            out[device] = max(candidates)
+    return out
+
+
+async def _readings_from(
+    session: AsyncSession, active: Sequence[tuple[int, int]], ts: int
+) -> dict[int, tuple[int, float]]:
+    """Per device, the first reading at or after `ts`: a raw point in the minute of `ts`,
+    else the first reading of the next minute that has one (its rollup)."""
+    queries = []
+    for device, key_id in active:
+        queries.append(
+            select(Point.ts, Point.value)
+            .where(
+                Point.device == device,
+                Point.key_id == key_id,
+                Point.ts >= ts,
+                Point.ts < ts - ts % MINUTE_MS + MINUTE_MS,
+            )
+            .order_by(Point.ts)
+        )
+        queries.append(
+            select(Rollup.first_ts, Rollup.first_value)
+            .where(
+                Rollup.device == device,
+                Rollup.key_id == key_id,
+                Rollup.grain == MINUTE_MS,
+                Rollup.bucket >= ts - ts % MINUTE_MS,
+                Rollup.first_ts >= ts,
+            )
+            .order_by(Rollup.bucket)
+        )
+    found = await _first_of_each(session, queries)
+    out: dict[int, tuple[int, float]] = {}
+    for i, (device, _k) in enumerate(active):
+        row = found[2 * i] if found[2 * i] is not None else found[2 * i + 1]
+        if row is not None:
+            out[device] = (int(row[0]), float(row[1]))
+    return out
+
+
+def _aligned_days(slots: Slots) -> list[int]:
+    """The UTC days inside the slots whose slots are exactly their 24 hours."""
+    cuts = slots.cuts
+    out: list[int] = []
+    day = -(-slots.start // DAY_MS) * DAY_MS
+    while day + DAY_MS <= slots.end:
+        i = slots.index(day)
+        if cuts[i] == day and i + 24 < len(cuts) and cuts[i + 24] == day + DAY_MS:
+            out.append(day)
+        day += DAY_MS
+    return out
+
+
+def _spans(start: int, end: int, skip: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) without the days in `skip` (sorted), as intervals."""
+    out: list[tuple[int, int]] = []
+    at = start
+    for day in skip:
+        if day > at:
+            out.append((at, day))
+        at = max(at, day + DAY_MS)
+    if at < end:
+        out.append((at, end))
+    return out
 
 
 async def _integrate(
     session: AsyncSession,
-    integrator: Integrator,
+    state: _Walk,
     device: int,
     key_id: int,
-    until: int,
+    hours: Sequence[Any],
+    cached: dict[int, Any],
+    covered: Sequence[Any],
     cache: CacheEntries | None,
 ) -> None:
-    slots, max_gap = integrator.slots, integrator.max_gap_ms
-    start, end = slots.start, slots.end
-    first_hour = start - start % HOUR_MS
-    hours = list(
-        await session.scalars(
-            select(Rollup)
-            .where(
-                Rollup.device == device,
-                Rollup.key_id == key_id,
-                Rollup.grain == HOUR_MS,
-                Rollup.bucket >= first_hour,
-                Rollup.bucket < end,
-            )
-            .order_by(Rollup.bucket)
-        )
+    """Walk the meter's cached days and its hours in time order: cached hours as blocks,
+    the others from their raw points (or their rollups once those are gone)."""
+    slots, max_gap = state.integrator.slots, state.integrator.max_gap_ms
+    start = slots.start
+
+    def whole(r: Any) -> bool:
+        return bool(r.bucket >= start and slots.inside(r.bucket, r.bucket + HOUR_MS))
+
+    def known(r: Any) -> bool:
+        e = cached.get(r.bucket)
+        return whole(r) and e is not None and _matches(e, r, max_gap)
+
+    # (start, is a day, row): a day and the hours outside it never share a start.
+    items = sorted(
+        [(h.bucket, False, h) for h in hours] + [(d.bucket, True, d) for d in covered],
+        key=lambda item: item[0],
     )
-    cached = {
-        e.hour: e
-        for e in await session.scalars(
-            select(EnergyHour).where(
-                EnergyHour.device == device,
-                EnergyHour.key_id == key_id,
-                EnergyHour.hour >= first_hour,
-                EnergyHour.hour < end,
-            )
-        )
-    }
-    prev = await _reading_before(session, device, key_id, start)
-    state = _Walk(integrator, prev, start)
-
-    def whole(r: Rollup) -> bool:
-        return r.bucket >= start and slots.inside(r.bucket, r.bucket + HOUR_MS)
-
     i = 0
-    while i < len(hours):
-        r = hours[i]
-        entry = cached.get(r.bucket)
-        if whole(r) and entry is not None and _matches(entry, r, max_gap):
+    while i < len(items):
+        _at, is_day, it = items[i]
+        if is_day:
+            state.day(it)
+            i += 1
+            continue
+        if known(it):
+            entry = cached[it.bucket]
             state.block(
-                (r.first_ts, r.first_value),
-                (r.last_ts, r.last_value),
+                (it.first_ts, it.first_value),
+                (it.last_ts, it.last_value),
                 entry.wh,
                 [(a, b) for a, b in entry.missing],
                 entry.estimated,
+                it.bucket,
+                it.n,
             )
             i += 1
             continue
         # A run of hours that need their raw points, read in one query.
-        j = i
-        while j < len(hours):
-            e = cached.get(hours[j].bucket)
-            if whole(hours[j]) and e is not None and _matches(e, hours[j], max_gap):
-                break
+        # Whole hours and hours cut by a slot edge go in separate runs: a run of whole
+        # hours is summed by the database.
+        j, kind = i, whole(it)
+        while (
+            j < len(items)
+            and not items[j][1]
+            and not known(items[j][2])
+            and whole(items[j][2]) == kind
+        ):
             j += 1
-        run = hours[i:j]
+        run = [h for _a, _d, h in items[i:j]]
+        i = j
+        if len(run) >= BULK_HOURS and all(whole(h) for h in run):
+            sums = await _hour_sums(session, state.integrator, device, key_id, run)
+            if sums is not None:
+                for h in run:
+                    n, wh, gaps = sums.get(h.bucket, (0, 0.0, []))
+                    if n < h.n:  # some raw points are gone: the rollup stands in
+                        state.hour(h, [], True, device, key_id, cache)
+                        continue
+                    first, last = (h.first_ts, h.first_value), (h.last_ts, h.last_value)
+                    state.block(first, last, wh, gaps, False, h.bucket, n)
+                    if cache is not None:
+                        cache.rows.append(_cache_row(device, key_id, h, max_gap, wh, gaps, False))
+                state.seen.clear()
+                continue
         by_hour = {h.bucket: h for h in run}
         result = await session.stream(
             select(Point.ts, Point.value)
@@ -291,9 +565,112 @@ async def _integrate(
             if h.bucket not in state.seen:
                 state.hour(h, [], whole(h), device, key_id, cache)
         state.seen.clear()
-        i = j
-    following = await _reading_from(session, device, key_id, end)
-    state.finish(following, until)
+
+
+async def _hour_sums(
+    session: AsyncSession, integrator: Integrator, device: int, key_id: int, run: Sequence[Any]
+) -> dict[int, tuple[int, float, list[Stretch]]] | None:
+    """Per hour of a run of whole hours, from the raw points in the database: how many,
+    the energy between consecutive ones (the same step as `Integrator.pair`, summed by the
+    database) and the unbridged stretches. None when an hour has more points than its
+    rollup counts (a write in between): the caller reads the points instead."""
+    hour = Point.ts - Point.ts % HOUR_MS
+    inner = (
+        select(
+            hour.label("h"),
+            Point.ts.label("ts"),
+            Point.value.label("v"),
+            func.lag(Point.ts).over(partition_by=hour, order_by=Point.ts).label("pt"),
+            func.lag(Point.value).over(partition_by=hour, order_by=Point.ts).label("pv"),
+        )
+        .where(
+            Point.device == device,
+            Point.key_id == key_id,
+            Point.ts >= run[0].bucket,
+            Point.ts < run[-1].bucket + HOUR_MS,
+        )
+        .subquery()
+    )
+    c, gap = inner.c, integrator.max_gap_ms
+    if integrator.counter:
+        step = case((c.pt.is_(None), 0.0), (c.v >= c.pv, (c.v - c.pv) * 1000.0), else_=c.v * 1000.0)
+        unbridged = and_(c.pt.is_not(None), c.v < c.pv, c.ts - c.pt > gap)
+    else:
+        step = case(
+            (c.pt.is_(None), 0.0),
+            (c.ts - c.pt > gap, 0.0),
+            else_=(c.pv + c.v) / 2.0 * (c.ts - c.pt) / W_MS_PER_WH,
+        )
+        unbridged = and_(c.pt.is_not(None), c.ts - c.pt > gap)
+    counts = {h.bucket: h.n for h in run}
+    out: dict[int, tuple[int, float, list[Stretch]]] = {}
+    for h, n, wh in await session.execute(select(c.h, func.count(), func.sum(step)).group_by(c.h)):
+        if n > counts.get(h, 0):
+            return None
+        out[int(h)] = (int(n), float(wh or 0.0), [])
+    for h, a, b in await session.execute(select(c.h, c.pt, c.ts).where(unbridged).order_by(c.ts)):
+        out[int(h)][2].append((int(a), int(b)))
+    return out
+
+
+def _new_days(
+    state: _Walk,
+    hours: Sequence[Any],
+    days: Sequence[Any],
+    aligned: Sequence[int],
+    device: int,
+    key_id: int,
+    cache: CacheEntries,
+) -> None:
+    """Days read hour by hour whose every hour was a whole block: their hourly figures,
+    to store in `energy_days`."""
+    per_day: dict[int, list[int]] = {}
+    for h in hours:
+        per_day.setdefault(h.bucket - h.bucket % DAY_MS, []).append(h.bucket)
+    wanted = set(aligned)
+    integrator = state.integrator
+    for r in days:
+        day = r.bucket
+        buckets = per_day.get(day)
+        if r.hours is not None or day not in wanted or not buckets:
+            continue
+        if any(b not in state.blocks for b in buckets):
+            continue
+        blocks = [state.blocks[b] for b in buckets]
+        if sum(block[5] for block in blocks) != r.n:
+            continue  # the hours and the day disagree (a write in between): next time
+        day_slots = Slots.over(range(day, day + DAY_MS + 1, HOUR_MS))
+        walk = _Walk(
+            Integrator(day_slots, counter=integrator.counter, max_gap_ms=integrator.max_gap_ms),
+            None,
+            blocks[0][0][0],
+        )
+        estimated = False
+        for first, last, wh, missing, est, _n in blocks:
+            walk.block(first, last, wh, missing, est, None)
+            estimated |= est
+        cache.days.append(
+            {
+                "device": device,
+                "key_id": key_id,
+                "day": day,
+                "max_gap_ms": integrator.max_gap_ms,
+                "n": r.n,
+                "vsum": r.vsum,
+                "vmin": r.vmin,
+                "vmax": r.vmax,
+                "first_ts": r.first_ts,
+                "first_value": r.first_value,
+                "last_ts": r.last_ts,
+                "last_value": r.last_value,
+                "hours": HOURS.pack(*day_slots.wh),
+                "missing": [list(m) for m in walk.integrator.missing],
+                "estimated": estimated,
+            }
+        )
+
+
+_Block = tuple[tuple[int, float], tuple[int, float], float, Sequence[Stretch], bool, int]
 
 
 @dataclass(slots=True)
@@ -304,6 +681,8 @@ class _Walk:
     prev: tuple[int, float] | None
     start: int
     seen: set[int] = field(default_factory=set)
+    # Whole hours added as one block: (first, last, Wh, missing, estimated, readings).
+    blocks: dict[int, _Block] = field(default_factory=dict)
 
     def to(self, ts: int, value: float) -> None:
         if self.prev is None:
@@ -321,12 +700,30 @@ class _Walk:
         wh: float,
         missing: Sequence[Stretch],
         estimated: bool,
+        hour: int | None,
+        n: int = 0,
     ) -> None:
-        """An hour known as a total between its first and last reading."""
+        """An hour known as a total between its first and last reading (`hour`: a whole
+        UTC hour, remembered for `energy_days`)."""
         self.to(*first)
         self.integrator.block(first[0], last[0], wh, missing)
         self.integrator.estimated |= estimated
         self.prev = last
+        if hour is not None:
+            self.blocks[hour] = (first, last, wh, missing, estimated, n)
+
+    def day(self, entry: Any) -> None:
+        """A whole UTC day from `energy_days` (with its rollup's first and last reading):
+        its slots are its 24 hours."""
+        self.to(entry.first_ts, entry.first_value)
+        integrator = self.integrator
+        i = integrator.slots.index(entry.bucket)
+        wh = integrator.slots.wh
+        wh[i : i + 24] = map(operator.add, wh[i : i + 24], HOURS.unpack(entry.hours))
+        for a, b in entry.missing:
+            integrator.miss(a, b)
+        integrator.estimated |= entry.estimated
+        self.prev = (entry.last_ts, entry.last_value)
 
     def hour(
         self,
@@ -351,7 +748,8 @@ class _Walk:
                 first=(r.first_ts, r.first_value),
                 last=(r.last_ts, r.last_value),
             )
-            self.block((r.first_ts, r.first_value), (r.last_ts, r.last_value), wh, missing, True)
+            first, last = (r.first_ts, r.first_value), (r.last_ts, r.last_value)
+            self.block(first, last, wh, missing, True, r.bucket if whole else None, r.n)
             if whole and cache is not None:
                 cache.rows.append(
                     _cache_row(device, key_id, r, integrator.max_gap_ms, wh, missing, True)
@@ -367,7 +765,7 @@ class _Walk:
             wh += step
             if gap is not None:
                 missing.append(gap)
-        self.block(points[0], points[-1], wh, missing, False)
+        self.block(points[0], points[-1], wh, missing, False, r.bucket, len(points))
         if cache is not None and len(points) == r.n:
             cache.rows.append(
                 _cache_row(device, key_id, r, integrator.max_gap_ms, wh, missing, False)
@@ -384,17 +782,21 @@ class _Walk:
 
 
 async def save_cache(session: AsyncSession, entries: CacheEntries) -> None:
-    """Store the hours computed by a request (upserts: a concurrent request may have
-    computed the same hour)."""
-    if not entries.rows:
-        return
-    stmt = dialect_insert(session, EnergyHour)
-    keys = {"device", "key_id", "hour"}
-    columns = [c for c in entries.rows[0] if c not in keys]
-    upsert = stmt.on_conflict_do_update(
-        index_elements=sorted(keys), set_={c: stmt.excluded[c] for c in columns}
-    )
-    unique = {(r["device"], r["key_id"], r["hour"]): r for r in entries.rows}
-    rows = [unique[k] for k in sorted(unique)]
-    for i in range(0, len(rows), 500):
-        await session.execute(upsert, rows[i : i + 500])
+    """Store the hours and days computed by a request (upserts: a concurrent request may
+    have computed the same ones)."""
+    for model, key, rows in (
+        (EnergyHour, "hour", entries.rows),
+        (EnergyDay, "day", entries.days),
+    ):
+        if not rows:
+            continue
+        stmt = dialect_insert(session, model)
+        keys = {"device", "key_id", key}
+        columns = [c for c in rows[0] if c not in keys]
+        upsert = stmt.on_conflict_do_update(
+            index_elements=sorted(keys), set_={c: stmt.excluded[c] for c in columns}
+        )
+        unique = {(r["device"], r["key_id"], r[key]): r for r in rows}
+        ordered = [unique[k] for k in sorted(unique)]
+        for i in range(0, len(ordered), 500):
+            await session.execute(upsert, ordered[i : i + 500])

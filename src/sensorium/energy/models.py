@@ -1,11 +1,22 @@
-"""Sites (a mains meter and sub-meters), their tariffs, and the per-hour energy cache."""
+"""Sites (a mains meter and sub-meters), their tariffs, and the per-hour and per-day
+energy caches."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sensorium.db import Base, UTCDateTime, utcnow
@@ -92,4 +103,34 @@ class EnergyHour(Base):
     # Unbridged stretches inside the hour, [[start_ms, end_ms], ...].
     missing: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
     # True when the raw points were already gone and the figure comes from the rollup.
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EnergyDay(Base):
+    """The energy of one UTC day of one device's `power` or `energy` key, per UTC hour:
+    the day's cached hours and the stretches between its own readings, as the hourly path
+    would add them up (what lies between the day's first reading and the reading before
+    it belongs to whoever reads the day next to it).
+
+    Built from `energy_hours` once every hour of the day is known, and kept with the day's
+    rollup figures (count, first/last, min/max, sum): when the day's rollup no longer
+    matches, the day is read hour by hour again. A year of a meter is 365 rows, not 8,760."""
+
+    __tablename__ = "energy_days"
+
+    device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    day: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    max_gap_ms: Mapped[int] = mapped_column(BigInteger)
+    n: Mapped[int] = mapped_column(BigInteger)
+    vsum: Mapped[float] = mapped_column(Float)
+    vmin: Mapped[float] = mapped_column(Float)
+    vmax: Mapped[float] = mapped_column(Float)
+    first_ts: Mapped[int] = mapped_column(BigInteger)
+    first_value: Mapped[float] = mapped_column(Float)
+    last_ts: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float] = mapped_column(Float)
+    # 24 little-endian float64: Wh in each UTC hour of the day (integrate.pack_hours).
+    hours: Mapped[bytes] = mapped_column(LargeBinary)
+    missing: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)

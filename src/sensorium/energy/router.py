@@ -161,15 +161,20 @@ TzQuery = Annotated[str, Query(description="IANA time zone of days, weeks, month
 
 
 async def _store(ctx: AppContext, cache: CacheEntries) -> None:
-    """Keep the hours computed for this answer. Only a cache: failing to store it (a busy
-    SQLite writer) costs the next request time, not correctness."""
-    if not cache.rows:
+    """Keep the hours and days computed for this answer. Only a cache: failing to store it
+    (a busy SQLite writer) costs the next request time, not correctness."""
+    if not cache:
         return
     try:
         async with ctx.sessions() as session, session.begin():
             await save_cache(session, cache)
     except SQLAlchemyError as exc:
-        log.warning("energy: could not store %d cached hours: %s", len(cache.rows), exc)
+        log.warning(
+            "energy: could not store %d cached hours, %d days: %s",
+            len(cache.rows),
+            len(cache.days),
+            exc,
+        )
 
 
 async def _summary(

@@ -6,6 +6,8 @@ into sites, slots into local hours/days/months and tariff windows, and prices th
 
 from __future__ import annotations
 
+import functools
+import operator
 import statistics
 from bisect import bisect_right
 from collections import defaultdict
@@ -23,7 +25,14 @@ from sensorium.devices.models import Device
 from sensorium.devices.service import get_device
 from sensorium.energy import tariffs
 from sensorium.energy.integrate import HOUR_MS, Slots, Stretch
-from sensorium.energy.meters import POWER_KEY, CacheEntries, MeterEnergy, key_ids, meter_energy
+from sensorium.energy.meters import (
+    POWER_KEY,
+    CacheEntries,
+    MeterEnergy,
+    key_ids,
+    meters_energy,
+    save_cache,
+)
 from sensorium.energy.models import MAINS, SUB, Site, SiteMeter, Tariff
 from sensorium.energy.schemas import SeriesRow, TariffIn
 from sensorium.errors import Conflict, Invalid, NotFound
@@ -276,7 +285,10 @@ async def resolve_scope(
 # --- figures ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def local(ms: int, tz: ZoneInfo) -> datetime:
+    """The local time of an instant (remembered: a year's summary converts every hour
+    of two years several times over; datetimes are immutable, so sharing them is safe)."""
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz)
 
 
@@ -334,20 +346,15 @@ async def scope_energy(
 ) -> ScopeEnergy:
     """Every meter's energy, the scope's total (the mains meter when there is one, else the
     sum of the meters) and, with a mains meter, the unmetered remainder (mains - subs)."""
-    meters = [
-        (
-            meter,
-            await meter_energy(
-                session,
-                device_id=meter[0],
-                cuts=cuts,
-                max_gap_ms=scope.max_gap_ms,
-                now_ms=now_ms,
-                cache=cache,
-            ),
-        )
-        for meter in scope.meters
-    ]
+    energies = await meters_energy(
+        session,
+        device_ids=[meter[0] for meter in scope.meters],
+        cuts=cuts,
+        max_gap_ms=scope.max_gap_ms,
+        now_ms=now_ms,
+        cache=cache,
+    )
+    meters = list(zip(scope.meters, energies, strict=True))
     empty = Slots.over(cuts)
     mains = [e for (_d, _n, role), e in meters if role == MAINS]
     subs = [e for (_d, _n, role), e in meters if role != MAINS]
@@ -406,14 +413,16 @@ def figures(
     scope: Scope,
     tz: ZoneInfo,
     prices: tariffs.PriceTable | None,
+    per_slot: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     slots = energy.total
     kwh = slots.total() / 1000.0
     tariff = scope.tariff
     energy_cost = standing = cost = co2 = None
     if tariff is not None:
-        per_slot = slot_prices(slots, prices, tz)
-        energy_cost = sum(wh / 1000.0 * p for wh, p in zip(slots.wh, per_slot, strict=True))
+        if per_slot is None:
+            per_slot = slot_prices(slots, prices, tz)
+        energy_cost = _slot_cost(slots, per_slot)
         days = len(local_days(slots.start, slots.end, tz))
         standing = days * tariff.standing_charge_per_day if scope.standing else 0.0
         cost = energy_cost + standing
@@ -622,7 +631,9 @@ async def summary(
     prev_cuts = make_cuts(prev_start, max(prev_at, prev_start + 1), tz, prices=prices)
     current = await scope_energy(session, scope=scope, cuts=cur_cuts, now_ms=now_ms, cache=cache)
     previous = await scope_energy(session, scope=scope, cuts=prev_cuts, now_ms=now_ms, cache=cache)
-    cur_fig, prev_fig = figures(current, scope, tz, prices), figures(previous, scope, tz, prices)
+    per_slot = slot_prices(current.total, prices, tz)
+    cur_fig = figures(current, scope, tz, prices, per_slot)
+    prev_fig = figures(previous, scope, tz, prices)
     until = min(at_ms, now_ms) - scope.max_gap_ms
     change = None
     if prev_fig["kwh"] > 0:
@@ -636,7 +647,6 @@ async def summary(
     if found is not None:
         peak = {"w": found[0], "at": buckets.iso(found[1], tz), "at_ms": found[1], "kind": kind}
     meters = []
-    per_slot = slot_prices(current.total, prices, tz)
     for (meter, energy), (_m, before) in zip(current.meters, previous.meters, strict=True):
         meters.append(
             {
@@ -674,7 +684,10 @@ async def summary(
 
 
 def _slot_cost(slots: Slots, per_slot: Sequence[float]) -> float:
-    return sum(wh / 1000.0 * p for wh, p in zip(slots.wh, per_slot, strict=True))
+    if len(slots.wh) != len(per_slot):
+        raise ValueError("a price per slot")
+    total: float = sum(map(operator.mul, slots.wh, per_slot))
+    return total / 1000.0
 
 
 async def series(
@@ -764,3 +777,40 @@ async def series(
         "rows": [r.model_dump() for r in rows],
         "missing": _stretches(energy.missing, tz),
     }
+
+
+async def precompute(
+    sessions: Any, *, now_ms: int | None = None, days: int = 400, chunk_days: int = 31
+) -> int:
+    """Fill `energy_hours` and `energy_days` for every site's meters over the last `days`
+    complete UTC days, a chunk at a time, so no summary has to read raw points for them.
+    Meant for the scheduler (hourly: only new or changed hours and days cost anything).
+    `sessions` is an async_sessionmaker. Returns how many hours and days it stored."""
+    now_ms = now_ms if now_ms is not None else epoch_ms()
+    end = now_ms - now_ms % 86_400_000
+    stored = 0
+    async with sessions() as session:
+        sites = list(await session.scalars(select(Site)))
+        plans = [(site, await meters_of(session, site_id=site.id)) for site in sites]
+    for site, meters in plans:
+        if not meters:
+            continue
+        chunk_end = end
+        while chunk_end > end - days * 86_400_000:
+            chunk_start = max(chunk_end - chunk_days * 86_400_000, end - days * 86_400_000)
+            cache = CacheEntries()
+            async with sessions() as session:
+                await meters_energy(
+                    session,
+                    device_ids=[d for d, _n, _r in meters],
+                    cuts=range(chunk_start, chunk_end + 1, HOUR_MS),
+                    max_gap_ms=site.max_gap_s * 1000,
+                    now_ms=now_ms,
+                    cache=cache,
+                )
+            if cache:
+                async with sessions() as session, session.begin():
+                    await save_cache(session, cache)
+                stored += len(cache.rows) + len(cache.days)
+            chunk_end = chunk_start
+    return stored

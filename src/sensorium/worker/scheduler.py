@@ -1,4 +1,5 @@
-"""Periodic jobs of the worker: offline detection, command expiry, retention."""
+"""Periodic jobs of the worker: offline detection, command expiry, retention, partitions,
+the energy caches."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sensorium.config import Settings
 from sensorium.control import service as control
 from sensorium.db import epoch_ms
 from sensorium.devices.service import mark_silent_devices_offline
+from sensorium.energy import service as energy
 from sensorium.live.bus import LiveBus, status_event
 from sensorium.telemetry import service as telemetry
 from sensorium.telemetry.partitions import WEEK, Partitions
@@ -39,6 +41,7 @@ class Scheduler:
         self._retention_every_s = retention_every_s
         self._retention_due = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._energy_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
@@ -53,10 +56,28 @@ class Scheduler:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
+        # Long work of its own, so it never holds up offline detection or command expiry.
+        self._energy_task = asyncio.create_task(self._precompute_energy(), name="energy-cache")
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._energy_task)
         await cancel_and_wait(self._task)
-        self._task = None
+        self._task = self._energy_task = None
+
+    async def _precompute_energy(self) -> None:
+        """Keep the energy caches filled (hours and days of every site's meters), so energy
+        summaries only compute the current day. Hourly; the first pass a minute after start."""
+        await asyncio.sleep(60)
+        while True:
+            try:
+                stored = await energy.precompute(self._sessions)
+                if stored:
+                    log.info("energy: cached %d hours/days", stored)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("energy precompute failed")
+            await asyncio.sleep(self._retention_every_s)
 
     async def run_once(self) -> list[str]:
         async with self._sessions() as session, session.begin():

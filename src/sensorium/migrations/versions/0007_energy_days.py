@@ -1,0 +1,42 @@
+"""Energy: the per-day cache (24 hourly figures per device, key and UTC day).
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-23
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "energy_days",
+        sa.Column("device", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("key_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("day", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("max_gap_ms", sa.BigInteger(), nullable=False),
+        sa.Column("n", sa.BigInteger(), nullable=False),
+        sa.Column("vsum", sa.Float(), nullable=False),
+        sa.Column("vmin", sa.Float(), nullable=False),
+        sa.Column("vmax", sa.Float(), nullable=False),
+        sa.Column("first_ts", sa.BigInteger(), nullable=False),
+        sa.Column("first_value", sa.Float(), nullable=False),
+        sa.Column("last_ts", sa.BigInteger(), nullable=False),
+        sa.Column("last_value", sa.Float(), nullable=False),
+        sa.Column("hours", sa.LargeBinary(), nullable=False),
+        sa.Column("missing", sa.JSON(), nullable=False),
+        sa.Column("estimated", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("device", "key_id", "day", name=op.f("pk_energy_days")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("energy_days")

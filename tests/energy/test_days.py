@@ -1,0 +1,126 @@
+"""The per-day cache (`energy_days`): whole UTC days read from it give exactly what the
+hour-by-hour path gives, and a changed reading sends its day back to the hours."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from sensorium.energy import service
+from sensorium.energy.models import EnergyDay, EnergyHour
+from sensorium.protocol import Reading
+from tests.energy.conftest import HOUR, get, ms, store
+from tests.helpers import Api
+
+DAY = 24 * HOUR
+
+
+async def _count_days(api: Api) -> int:
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(EnergyDay)) or 0)
+
+
+async def _forget(api: Api) -> None:
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with sessions() as session, session.begin():
+        await session.execute(delete(EnergyDay))
+        await session.execute(delete(EnergyHour))
+
+
+def _figures(body: dict[str, Any]) -> list[tuple[float, int]]:
+    return [(row["kwh"], row["missing_ms"]) for row in body["rows"]]
+
+
+async def test_cached_days_give_the_hourly_figures_and_follow_changes(api: Api) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    rng = random.Random(7)
+    start = ms("2026-06-09T22:00:00+00:00")
+    gap = (ms("2026-06-11T09:03:00+00:00"), ms("2026-06-11T09:40:00+00:00"))
+    data = [
+        Reading(ts=t, key="power", value=rng.uniform(100.0, 3000.0))
+        for t in range(start, start + 3 * DAY + 4 * HOUR, 30_000)
+        if not gap[0] <= t < gap[1]
+    ]
+    await store(api, device, data)
+    day0 = ms("2026-06-10T00:00:00+00:00")
+    series = {"device": device.id, "interval": "1h", "tz": "UTC",
+              "from": str(day0), "to": str(day0 + 3 * DAY)}  # fmt: skip
+    summary = {"device": device.id, "period": "week", "tz": "Europe/Berlin",
+               "at": "2026-06-13T01:30:00+00:00"}  # fmt: skip
+
+    cold = await get(api, "/api/v1/energy/series", owner.headers, **series)
+    assert await _count_days(api) == 3
+    warm = await get(api, "/api/v1/energy/series", owner.headers, **series)
+    assert _figures(warm) == [pytest.approx(f) for f in _figures(cold)]
+    assert cold["missing"]
+    assert warm["missing"] == cold["missing"]
+    week = await get(api, "/api/v1/energy/summary", owner.headers, **summary)
+    week_again = await get(api, "/api/v1/energy/summary", owner.headers, **summary)
+    assert week_again["current"]["kwh"] == pytest.approx(week["current"]["kwh"], rel=1e-12)
+    assert week_again["hourly_profile"] == pytest.approx(week["hourly_profile"], rel=1e-12)
+
+    # A reading of the second day changes: that day is read hour by hour again.
+    changed = ms("2026-06-11T15:20:00+00:00")
+    await store(api, device, [Reading(ts=changed, key="power", value=9000.0)])
+    after = await get(api, "/api/v1/energy/series", owner.headers, **series)
+    index = (changed - day0) // HOUR
+    assert after["rows"][index]["kwh"] > cold["rows"][index]["kwh"]
+    await _forget(api)
+    fresh = await get(api, "/api/v1/energy/series", owner.headers, **series)
+    assert _figures(after) == [pytest.approx(f) for f in _figures(fresh)]
+    week_fresh = await get(api, "/api/v1/energy/summary", owner.headers, **summary)
+    again = await get(api, "/api/v1/energy/summary", owner.headers, **summary)
+    assert again["current"]["kwh"] == pytest.approx(week_fresh["current"]["kwh"], rel=1e-12)
+    assert again["meters"] == week_fresh["meters"]
+
+
+@pytest.mark.parametrize("key", ["power", "energy"])
+async def test_hours_summed_by_the_database_equal_the_point_by_point_walk(
+    api: Api, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    rng = random.Random(11)
+    start = ms("2026-06-10T00:00:00+00:00")
+    value, data = 50.0, []
+    for t in range(start, start + 30 * HOUR, 20_000):
+        if rng.random() < 0.002:
+            t += 40 * 60_000  # now and then a gap longer than the limit
+        value = rng.uniform(0.0, 4000.0) if key == "power" else value + rng.uniform(0.0, 0.02)
+        if key == "energy" and rng.random() < 0.001:
+            value = 0.01  # a reboot resets the counter
+        data.append(Reading(ts=t, key=key, value=value))
+    await store(api, device, data)
+    params = {"device": device.id, "interval": "1h", "tz": "UTC",
+              "from": str(start), "to": str(start + 30 * HOUR)}  # fmt: skip
+    bulk = await get(api, "/api/v1/energy/series", owner.headers, **params)
+    await _forget(api)
+    monkeypatch.setattr("sensorium.energy.meters.BULK_HOURS", 10**9)
+    walked = await get(api, "/api/v1/energy/series", owner.headers, **params)
+    assert _figures(bulk) == [pytest.approx(f, rel=1e-9) for f in _figures(walked)]
+    assert bulk["missing"] == walked["missing"]
+
+
+async def test_precompute_fills_the_caches_for_every_site(api: Api) -> None:
+    owner = await api.account()
+    mains, sub = await api.device(owner), await api.device(owner)
+    start = ms("2026-06-10T00:00:00+00:00")
+    for device, watts in ((mains, 2000.0), (sub, 500.0)):
+        await store(api, device, [Reading(ts=t, key="power", value=watts)
+                                  for t in range(start, start + 3 * DAY, 60_000)])  # fmt: skip
+    r = await api.client.post("/api/v1/energy/sites", headers=owner.headers,
+                              json={"name": "Home", "mains": mains.id, "submeters": [sub.id]})  # fmt: skip
+    assert r.status_code == 201, r.text
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    stored = await service.precompute(sessions, now_ms=start + 3 * DAY + HOUR, days=5)
+    assert stored > 0
+    assert await _count_days(api) == 3 * 2
+    body = await get(api, "/api/v1/energy/summary", owner.headers, site=r.json()["id"],
+                     period="week", at=str(start + 2 * DAY), tz="UTC")  # fmt: skip
+    assert body["current"]["kwh"] == pytest.approx(2.0 * 24 * 2)
+    assert body["unmetered_kwh"] == pytest.approx(1.5 * 24 * 2)
