@@ -50,6 +50,13 @@ async def latest_many(
     return out
 
 
+async def device_key_ids(session: AsyncSession, device: int) -> list[int]:
+    """Every key the device has sent (each has a latest value, kept through retention)."""
+    return list(
+        await session.scalars(select(LatestValue.key_id).where(LatestValue.device == device))
+    )
+
+
 def encode_cursor(ts: int, key_id: int) -> str:
     return base64.urlsafe_b64encode(f"{ts}:{key_id}".encode()).decode().rstrip("=")
 
@@ -63,17 +70,26 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         raise Invalid("cursor is not valid", field="cursor", code="invalid_cursor") from None
 
 
-def raw_query(
-    *, device_id: str, keys: Sequence[str] | None, from_ms: int | None, to_ms: int | None
+async def raw_query(
+    session: AsyncSession,
+    *,
+    device_id: str,
+    keys: Sequence[str] | None,
+    from_ms: int | None,
+    to_ms: int | None,
 ) -> Select[int, int, str, float]:
     """Raw points of a device as (ts, key_id, key, value), `from_ms` inclusive."""
+    device = mac_to_int(device_id)
     query = (
         select(Point.ts, Point.key_id, TelemetryKey.name, Point.value)
         .join(TelemetryKey, TelemetryKey.id == Point.key_id)
-        .where(Point.device == mac_to_int(device_id))
+        .where(Point.device == device)
     )
     if keys:
         query = query.where(TelemetryKey.name.in_(keys))
+    else:
+        # Name the keys all the same: the primary key then seeks per key (see aggregate).
+        query = query.where(Point.key_id.in_(await device_key_ids(session, device)))
     if from_ms is not None:
         query = query.where(Point.ts >= from_ms)
     if to_ms is not None:
@@ -91,9 +107,9 @@ async def stream_points(
 ) -> AsyncIterator[list[tuple[int, str, float]]]:
     """Every raw point in time order, in chunks, through a server-side cursor: memory stays
     flat however long the range."""
-    query = raw_query(device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms).order_by(
-        Point.ts, Point.key_id
-    )
+    query = (
+        await raw_query(session, device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms)
+    ).order_by(Point.ts, Point.key_id)
     result = await session.stream(query.execution_options(yield_per=5000))
     async for chunk in result.partitions():
         yield [(ts, name, value) for ts, _key_id, name, value in chunk]
@@ -115,7 +131,7 @@ async def query_points(
         raise Invalid(f"limit must be 1..{MAX_PAGE}", field="limit", code="invalid_limit")
     if from_ms is not None and to_ms is not None and from_ms > to_ms:
         raise Invalid("from must not be after to", field="from", code="invalid_range")
-    query = raw_query(device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms)
+    query = await raw_query(session, device_id=device_id, keys=keys, from_ms=from_ms, to_ms=to_ms)
     position = tuple_(Point.ts, Point.key_id)
     if cursor:
         after = tuple_(*decode_cursor(cursor))
@@ -348,8 +364,13 @@ async def _aggregate_rollups(
 ) -> dict[str, list[dict[str, float | int]]]:
     device = mac_to_int(device_id)
     names = dict((await session.execute(select(TelemetryKey.id, TelemetryKey.name))).all())
-    wanted = [k for k, n in names.items() if n in keys] if keys else None
-    if wanted == []:
+    if keys:
+        wanted = [k for k, n in names.items() if n in keys]
+    else:
+        # Always name the keys: with the device alone, PostgreSQL scans all of the
+        # device's rows in range instead of seeking per key (measured 20-30 ms vs 0.06 ms).
+        wanted = await device_key_ids(session, device)
+    if not wanted:
         return {}
     start, end = max(from_ms, plan.starts[0]), min(to_ms, plan.end)
     merged: dict[tuple[int, int], rollups.Stats] = {}
@@ -365,23 +386,24 @@ async def _aggregate_rollups(
     for grain, a, b in plan_sources(start, end, [*plan.starts, plan.end]):
         if grain is None:
             raw = select(Point.key_id, Point.ts, Point.value).where(
-                Point.device == device, Point.ts >= a, Point.ts < b
+                Point.device == device, Point.key_id.in_(wanted), Point.ts >= a, Point.ts < b
             )
-            if wanted is not None:
-                raw = raw.where(Point.key_id.in_(wanted))
             for key_id, ts, value in await session.execute(raw):
                 merge(key_id, ts, rollups.Stats.of(ts, value))
             continue
-        query = select(Rollup).where(
-            Rollup.device == device, Rollup.grain == grain, Rollup.bucket >= a, Rollup.bucket < b
-        )
-        if wanted is not None:
-            query = query.where(Rollup.key_id.in_(wanted))
-        for r in await session.scalars(query):
-            stats = rollups.Stats(
-                r.vmin, r.vmax, r.vsum, r.n, r.first_ts, r.first_value, r.last_ts, r.last_value
-            )
-            merge(r.key_id, r.bucket, stats)
+        # Plain columns, not ORM objects (those cost ~15 µs a row on a year of hours).
+        query = select(
+            Rollup.key_id, Rollup.bucket, Rollup.vmin, Rollup.vmax, Rollup.vsum, Rollup.n,
+            Rollup.first_ts, Rollup.first_value, Rollup.last_ts, Rollup.last_value,
+        ).where(
+            Rollup.device == device,
+            Rollup.key_id.in_(wanted),
+            Rollup.grain == grain,
+            Rollup.bucket >= a,
+            Rollup.bucket < b,
+        )  # fmt: skip
+        for key_id, bucket, *summary in await session.execute(query):
+            merge(key_id, bucket, rollups.Stats(*summary))
     out: dict[str, list[dict[str, float | int]]] = {}
     for (key_id, bucket), stats in sorted(merged.items()):
         values: dict[str, float | int] = {
