@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -69,7 +70,10 @@ async def test_lifecycle_over_http_long_poll(api: Api) -> None:
     assert done["status"] == "succeeded"
     assert done["result"] == {"pong": True}
     assert done["error"] is None
-    assert done["created_at"] <= done["sent_at"] <= done["done_at"] < done["expires_at"]
+    times = [
+        datetime.fromisoformat(done[k]) for k in ("created_at", "sent_at", "done_at", "expires_at")
+    ]
+    assert times[0] <= times[1] <= times[2] < times[3]
 
 
 async def test_an_error_result_fails_the_command(api: Api) -> None:

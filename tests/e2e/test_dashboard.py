@@ -113,6 +113,7 @@ async def test_register_add_device_live_value_chart_csv_logout(
         await page.wait_for_timeout(100)
     assert await canvas_has_drawing(page)
 
+    await expect(page.locator("#chart-note")).not_to_have_text("Loading…")
     async with page.expect_download() as download_info:
         await page.get_by_role("button", name="Download CSV").click()
     download = await download_info.value

@@ -65,7 +65,9 @@ def new_command_id(now_ms: int | None = None) -> str:
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    # Always with milliseconds, so the strings sort like the times they stand for.
+    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 # --- state ---------------------------------------------------------------------------------

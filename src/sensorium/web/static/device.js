@@ -63,9 +63,12 @@
   const chartEl = document.getElementById("chart");
   const note = document.getElementById("chart-note");
 
+  let loads = 0;
   async function load() {
-    series = {};
-    aggregated = null;
+    // The shown series stay until the new ones are complete (CSV, redraws); a newer load
+    // that started meanwhile wins.
+    const mine = ++loads;
+    const next = {};
     note.textContent = "Loading…";
     // Long ranges come as buckets (avg line in a min–max band), short ones as raw readings.
     const to = range.to || Date.now();
@@ -74,12 +77,14 @@
                                     interval: "auto", agg: "avg,min,max,count", tz });
     const first = await (await fetch(`/api/v1/devices/${device.id}/telemetry?` + q, { credentials: "same-origin" })).json();
     if (first.series) {
-      aggregated = first.interval;
+      if (mine !== loads) return;
       let buckets = 0;
       for (const [key, rows] of Object.entries(first.series)) {
-        series[key] = rows.map((r) => [r.bucket, r.avg, r.min, r.max, r.count]);
+        next[key] = rows.map((r) => [r.bucket, r.avg, r.min, r.max, r.count]);
         buckets += rows.length;
       }
+      series = next;
+      aggregated = first.interval;
       note.textContent = buckets ? `${buckets.toLocaleString()} buckets of ${aggregated} (average, with min–max band)` : "No readings in this range.";
       finish();
       return;
@@ -90,10 +95,13 @@
       if (range.to) q.set("to", String(Math.floor(range.to)));
       if (cursor) q.set("cursor", cursor);
       const page = await (await fetch(`/api/v1/devices/${device.id}/telemetry?` + q, { credentials: "same-origin" })).json();
-      for (const p of page.points) (series[p.key] ||= []).push([p.ts, p.value]);
+      for (const p of page.points) (next[p.key] ||= []).push([p.ts, p.value]);
       total += page.points.length;
       cursor = page.next_cursor;
     } while (cursor && total < MAX_POINTS);
+    if (mine !== loads) return;
+    series = next;
+    aggregated = null;
     note.textContent = total ? `${total.toLocaleString()} readings${cursor ? " (first " + MAX_POINTS.toLocaleString() + " shown)" : ""}` : "No readings in this range.";
     finish();
   }
