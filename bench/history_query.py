@@ -15,9 +15,9 @@ One invocation is self-contained. It
    first with `sensorium.telemetry.partitions.create_statements`), one day of all devices per
    COPY, the days in time order as live ingest would write them: the main device one
    reading every `--period-ms` (1 Hz: 31,536,000 points in 365 days), the others one every
-   `--other-period-s` (60 s: 525,600 each). Then it rebuilds `rollups` with the
-   migration's own SQL (`BACKFILL`, imported from migrations/versions/0004_rollups.py),
-   with `work_mem` raised for that session only, and runs `VACUUM (ANALYZE)`;
+   `--other-period-s` (60 s: 525,600 each), under the series ids the API readings made.
+   Then it rebuilds `rollups` from the points (`telemetry.rollups.REBUILD`), with
+   `work_mem` raised for that session only, and runs `VACUUM (ANALYZE)`;
 4. measures, with one keep-alive `http.client` connection on localhost, the round trip of
    what the dashboard asks for (`interval=auto&agg=avg,min,max,count`, to = just after the
    newest reading): 1 year, 30 days, 24 hours, and the raw last hour (`limit=10000`, all
@@ -163,43 +163,27 @@ def value_at(ts: int, device_index: int) -> float:
 
 
 def day_records(
-    devices: list[int], key_id: int, t0: int, t1: int, end_ms: int, args: argparse.Namespace
-) -> list[tuple[int, int, int, float]]:
-    """Every reading in [t0, t1) of every device; readings fall on end_ms - k·period."""
+    series: list[int], t0: int, t1: int, end_ms: int, args: argparse.Namespace
+) -> list[tuple[int, int, float]]:
+    """Every reading in [t0, t1) of every device's series; readings fall on
+    end_ms - k·period."""
     sin = math.sin
-    records: list[tuple[int, int, int, float]] = []
-    for i, device in enumerate(devices):
+    records: list[tuple[int, int, float]] = []
+    for i, sid in enumerate(series):
         period = args.period_ms if i == 0 else args.other_period_s * 1000
         first = t0 + (end_ms - t0) % period
         records += [
-            (device, key_id, ts, 19.5 + 5.0 * sin(ts * W_DAY + i) + (ts * 2654435761 % 997) / 997)
+            (sid, ts, 19.5 + 5.0 * sin(ts * W_DAY + i) + (ts * 2654435761 % 997) / 997)
             for ts in range(first, t1, period)
         ]
     return records
-
-
-def migration_backfill() -> str:
-    """The BACKFILL statement of migrations/versions/0004_rollups.py (by path: the module
-    name starts with a digit)."""
-    import importlib.util
-
-    import sensorium.migrations
-
-    path = Path(sensorium.migrations.__file__).parent / "versions" / "0004_rollups.py"
-    spec = importlib.util.spec_from_file_location("sensorium_migration_0004", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.BACKFILL)
 
 
 async def load(
     dsn: str, device_ids: list[str], end_ms: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     from sensorium.telemetry.partitions import create_statements, week_of
-
-    backfill = migration_backfill()
+    from sensorium.telemetry.rollups import REBUILD
 
     devices = [int(d, 16) for d in device_ids]
     main_points = args.days * DAY // args.period_ms
@@ -211,6 +195,11 @@ async def load(
     conn = await asyncpg.connect(dsn)
     try:
         key_id = await conn.fetchval("SELECT id FROM telemetry_keys WHERE name = $1", KEY)
+        # The API readings made each device's series (the writer's own path).
+        by_device = dict(
+            await conn.fetch("SELECT device, id FROM series WHERE key_id = $1", key_id)
+        )
+        series = [by_device[d] for d in devices]
         for statement in create_statements(range(week_of(start), week_of(end_ms) + 1)):
             await conn.execute(statement)
         # One COPY at a time, in time order: two overlapping ones would interleave their
@@ -220,9 +209,9 @@ async def load(
         t0 = start
         while t0 < end_ms:
             t1 = min(t0 + DAY, end_ms)  # the reading at end_ms came through the API
-            records = day_records(devices, key_id, t0, t1, end_ms, args)
+            records = day_records(series, t0, t1, end_ms, args)
             await conn.copy_records_to_table(
-                "points", records=records, columns=["device", "key_id", "ts", "value"]
+                "points", records=records, columns=["series", "ts", "value"]
             )
             copied += len(records)
             t0 = t1
@@ -236,7 +225,7 @@ async def load(
         t = time.perf_counter()
         await conn.execute("SET work_mem = '512MB'")
         await conn.execute("TRUNCATE rollups")  # the API readings' rollups; rebuilt next
-        await conn.execute(backfill)
+        await conn.execute(REBUILD)
         out["rollups_s"] = round(time.perf_counter() - t, 1)
         log(f"rollups built in {out['rollups_s']} s; VACUUM (ANALYZE)")
         t = time.perf_counter()
@@ -452,7 +441,7 @@ async def breakdown(
 
     from sensorium.db import create_engine, session_factory
     from sensorium.telemetry import buckets, service
-    from sensorium.telemetry.schemas import BucketRow, PointPage, SeriesPage
+    from sensorium.telemetry.router import json_response, series_page
 
     engine = create_engine(url)
     sessions = session_factory(engine)
@@ -478,26 +467,17 @@ async def breakdown(
                     interval=resolved, aggs=aggs, tz=zone,
                 )  # fmt: skip
                 t1 = time.perf_counter()
-                page: SeriesPage | PointPage = SeriesPage(
-                    device_id=device_id,
-                    interval=resolved,
-                    tz=p["tz"],
-                    aggs=aggs,
-                    series={
-                        k: [BucketRow(start=buckets.iso(int(r["bucket"]), zone), **r) for r in rows]
-                        for k, rows in series.items()
-                    },
-                )
+                page = series_page(device_id, resolved, p["tz"], zone, aggs, series)
             else:
                 points, cursor = await service.query_points(
                     session, device_id=device_id, from_ms=p["from"], to_ms=p["to"],
                     limit=p["limit"],
                 )  # fmt: skip
                 t1 = time.perf_counter()
-                page = PointPage(
-                    device_id=device_id, order="asc", points=points, next_cursor=cursor
-                )
-        size = len(page.model_dump_json())
+                page = {
+                    "device_id": device_id, "order": "asc", "points": points, "next_cursor": cursor
+                }  # fmt: skip
+        size = len(json_response(page).body)
         t2 = time.perf_counter()
         return (t1 - t0) * 1000, (t2 - t1) * 1000, size
 
@@ -570,7 +550,8 @@ async def find_setup(base: str, dsn: str) -> tuple[str, list[str], int]:
     conn = await asyncpg.connect(dsn)
     try:
         end_ms = await conn.fetchval(
-            "SELECT max(ts) FROM points WHERE device = $1", int(ids[0], 16)
+            "SELECT max(p.ts) FROM points p JOIN series s ON s.id = p.series WHERE s.device = $1",
+            int(ids[0], 16),
         )
     finally:
         await conn.close()

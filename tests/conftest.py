@@ -91,6 +91,13 @@ async def _truncate(url: str) -> None:
 
 
 @pytest.fixture
+def runner() -> Iterator[asyncio.Runner]:
+    """An event loop for synchronous tests that drive async code (migrations, engines)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        yield runner
+
+
+@pytest.fixture
 async def clean_db(database_url: str) -> AsyncIterator[str]:
     """The database, emptied after the test so tests can run in any order."""
     yield database_url

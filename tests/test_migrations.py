@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
 from sensorium import migrate
+from sensorium.db import create_engine, epoch_ms
+from tests.conftest import POSTGRES_ADMIN_URL, _admin_execute
 
 
 def test_models_and_migrations_agree(database_url: str) -> None:
@@ -13,3 +25,69 @@ def test_models_and_migrations_agree(database_url: str) -> None:
 def test_migrating_again_is_a_no_op(database_url: str) -> None:
     migrate.upgrade(database_url)
     migrate.check(database_url)
+
+
+@pytest.fixture
+def scratch_url(
+    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
+) -> Iterator[str]:
+    """An empty database of the kind under test, for migrating step by step."""
+    if request.config.getoption("--db") == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
+        return
+    name = f"sensorium_mig_{secrets.token_hex(4)}"
+    runner.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+    finally:
+        runner.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _sql(
+    runner: asyncio.Runner, url: str, sql: str, rows: list[dict[str, Any]] | None = None
+) -> Any:
+    async def run() -> Any:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(text(sql), rows or {})
+                return sorted(tuple(r) for r in result) if result.returns_rows else None
+        finally:
+            await engine.dispose()
+
+    return runner.run(run())
+
+
+def test_0008_keys_points_by_series_and_back(scratch_url: str, runner: asyncio.Runner) -> None:
+    week = 7 * 86_400_000
+    # This week and the next: PostgreSQL has partitions for them from revision 0005 on.
+    base = epoch_ms() // week * week
+    old = [(7, 1, base + i * 3_600_011, float(i)) for i in range(300)]  # spans two weeks
+    old += [(8, 1, base + i, -float(i)) for i in range(5)] + [(8, 2, base, 0.5)]
+    migrate.upgrade(scratch_url, "0007")
+    _sql(
+        runner,
+        scratch_url,
+        "INSERT INTO points (device, key_id, ts, value) VALUES (:d, :k, :t, :v)",
+        [{"d": d, "k": k, "t": t, "v": v} for d, k, t, v in old],
+    )
+    # Device 8 has latest values, device 7 none: both get their series.
+    _sql(
+        runner,
+        scratch_url,
+        "INSERT INTO latest_values (device, key_id, ts, value) VALUES (8, 1, :t, 0), (8, 2, :t, 0)",
+        [{"t": base}],
+    )
+    migrate.upgrade(scratch_url)
+    assert _sql(runner, scratch_url, "SELECT device, key_id FROM series") == [
+        (7, 1), (8, 1), (8, 2)
+    ]  # fmt: skip
+    joined = (
+        "SELECT s.device, s.key_id, p.ts, p.value FROM points p JOIN series s ON s.id = p.series"
+    )
+    assert _sql(runner, scratch_url, joined) == sorted(old)
+    migrate.downgrade(scratch_url, "0007")
+    assert _sql(runner, scratch_url, "SELECT device, key_id, ts, value FROM points") == sorted(old)
+    migrate.upgrade(scratch_url)
+    assert _sql(runner, scratch_url, joined) == sorted(old)
+    migrate.check(scratch_url)

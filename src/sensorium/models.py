@@ -5,7 +5,7 @@ from sensorium.control.models import Command, DeviceState
 from sensorium.db import Base
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.energy.models import EnergyHour, Site, SiteMeter, Tariff
-from sensorium.telemetry.models import LatestValue, Point, Rollup, TelemetryKey
+from sensorium.telemetry.models import LatestValue, Point, Rollup, Series, TelemetryKey
 from sensorium.users.models import RefreshToken, User
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Point",
     "RefreshToken",
     "Rollup",
+    "Series",
     "Site",
     "SiteMeter",
     "Tariff",

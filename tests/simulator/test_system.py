@@ -24,7 +24,7 @@ from sensorium.protocol import int_to_mac
 from sensorium.simulator.fleet import DeviceSpec, Fleet, FleetConfig
 from sensorium.simulator.registry import load_devices, login, register_devices
 from sensorium.simulator.runner import SimulateError, SimulateOptions, simulate
-from sensorium.telemetry.models import Point
+from sensorium.telemetry.models import Point, Series
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.helpers import Account, Api, serving
 from tests.simulator.conftest import Served
@@ -39,7 +39,11 @@ KEYS = {
 async def stored_points(app: Any) -> dict[str, int]:
     """Points in the database, by device."""
     async with app.state.ctx.sessions() as session:
-        rows = await session.execute(select(Point.device, func.count()).group_by(Point.device))
+        rows = await session.execute(
+            select(Series.device, func.count())
+            .join(Series, Series.id == Point.series)
+            .group_by(Series.device)
+        )
         return {int_to_mac(device): count for device, count in rows.all()}
 
 

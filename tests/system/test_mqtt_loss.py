@@ -129,7 +129,7 @@ async def stored(settings: Settings) -> tuple[int, int]:
             total = await session.scalar(select(func.count()).select_from(Point))
             distinct = await session.scalar(
                 select(func.count()).select_from(
-                    select(Point.device, Point.key_id, Point.ts).distinct().subquery()
+                    select(Point.series, Point.ts).distinct().subquery()
                 )
             )
         return int(total or 0), int(distinct or 0)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select
@@ -25,7 +24,7 @@ from sensorium.db import create_engine, session_factory
 from sensorium.devices.models import Device
 from sensorium.protocol import Reading, mac_to_int
 from sensorium.telemetry import buckets, rollups, service
-from sensorium.telemetry.models import LatestValue, Point, Rollup, TelemetryKey
+from sensorium.telemetry.models import LatestValue, Point, Rollup, Series, TelemetryKey
 from sensorium.telemetry.writer import COPY_THRESHOLD, BatchWriter
 from sensorium.users.models import User
 
@@ -60,12 +59,6 @@ class Env:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     writer: BatchWriter
-
-
-@pytest.fixture
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        yield runner
 
 
 @pytest.fixture
@@ -117,7 +110,11 @@ def _expected(points: list[tuple[int, int, int, float]]) -> dict[rollups.BucketK
 async def _check(env: Env) -> int:
     async with env.sessions() as session:
         points = list(
-            (await session.execute(select(Point.device, Point.key_id, Point.ts, Point.value))).all()
+            await session.execute(
+                select(Series.device, Series.key_id, Point.ts, Point.value).join(
+                    Series, Series.id == Point.series
+                )
+            )
         )
         stored = {
             (r.device, r.key_id, r.grain, r.bucket): r
@@ -221,7 +218,8 @@ def test_aggregates_from_rollups_equal_those_of_the_raw_points(
             points = (
                 await session.execute(
                     select(TelemetryKey.name, Point.ts, Point.value)
-                    .join(TelemetryKey, TelemetryKey.id == Point.key_id)
+                    .join(Series, Series.id == Point.series)
+                    .join(TelemetryKey, TelemetryKey.id == Series.key_id)
                     .where(Point.ts >= max(start, plan.starts[0]), Point.ts < min(end, plan.end))
                     .order_by(Point.ts)
                 )

@@ -15,7 +15,7 @@ from sensorium.db import create_engine, session_factory
 from sensorium.devices.models import Device
 from sensorium.errors import NotFound
 from sensorium.protocol import Reading, mac_to_int
-from sensorium.telemetry.models import LatestValue, Point
+from sensorium.telemetry.models import LatestValue, Point, Series
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.users.models import User
 
@@ -70,10 +70,10 @@ async def test_a_failing_document_does_not_take_others_down(env: Any) -> None:
     writer = BatchWriter(env, offline_after_s=60)
     original = writer._store
 
-    async def poisoned(session: Any, points: dict[Any, float]) -> None:
-        if any(key[0] == mac_to_int("020000000001") for key in points):
+    async def poisoned(session: Any, points: dict[Any, float], owners: dict[Any, Any]) -> None:
+        if any(owners[key[0]][0] == mac_to_int("020000000001") for key in points):
             raise RuntimeError("disk on fire")
-        await original(session, points)
+        await original(session, points, owners)
 
     writer._store = poisoned  # type: ignore[method-assign]
     await writer.start()
@@ -86,7 +86,11 @@ async def test_a_failing_document_does_not_take_others_down(env: Any) -> None:
         await bad
     await writer.stop()
     async with env() as session:
-        devices = set(await session.scalars(select(Point.device).distinct()))
+        devices = set(
+            await session.scalars(
+                select(Series.device).join(Point, Point.series == Series.id).distinct()
+            )
+        )
     assert devices == {mac_to_int("020000000000"), mac_to_int("020000000002")}
 
 
@@ -114,9 +118,9 @@ async def test_a_document_is_never_split_across_transactions(env: Any) -> None:
     writer = BatchWriter(env, offline_after_s=60, max_batch=10)
     original = writer._store
 
-    async def recording(session: Any, points: dict[Any, float]) -> None:
+    async def recording(session: Any, points: dict[Any, float], owners: dict[Any, Any]) -> None:
         batches.append(len(points))
-        await original(session, points)
+        await original(session, points, owners)
 
     writer._store = recording  # type: ignore[method-assign]
     await writer.start()

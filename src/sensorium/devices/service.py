@@ -24,7 +24,7 @@ from sensorium.protocol import (
     mac_to_int,
     normalize_mac,
 )
-from sensorium.telemetry.models import LatestValue, Point, Rollup
+from sensorium.telemetry.models import LatestValue, Point, Rollup, Series
 from sensorium.users.models import User
 from sensorium.users.security import hash_token, new_token
 
@@ -186,7 +186,10 @@ async def delete_device(
     # still update, so no point can slip in after the data is deleted.
     await session.execute(delete(Device).where(Device.id == device.id))
     num = mac_to_int(device.id)
-    await session.execute(delete(Point).where(Point.device == num))
+    # Its series ids stay reserved (models.Series); the points under them go.
+    ids = list(await session.scalars(select(Series.id).where(Series.device == num)))
+    if ids:
+        await session.execute(delete(Point).where(Point.series.in_(ids)))
     await session.execute(delete(LatestValue).where(LatestValue.device == num))
     await session.execute(delete(Rollup).where(Rollup.device == num))
     await session.execute(delete(EnergyHour).where(EnergyHour.device == num))

@@ -35,6 +35,7 @@ from sensorium.energy.integrate import (
 from sensorium.energy.models import EnergyDay, EnergyHour
 from sensorium.protocol import mac_to_int
 from sensorium.telemetry.models import Point, Rollup, TelemetryKey
+from sensorium.telemetry.series import of as series_of
 
 ENERGY_KEY = "energy"
 POWER_KEY = "power"
@@ -371,8 +372,7 @@ async def _readings_before(
         queries.append(
             select(Point.ts, Point.value)
             .where(
-                Point.device == device,
-                Point.key_id == key_id,
+                Point.series == series_of(device, key_id),
                 Point.ts >= ts - ts % MINUTE_MS,
                 Point.ts < ts,
             )
@@ -408,8 +408,7 @@ async def _readings_from(
         queries.append(
             select(Point.ts, Point.value)
             .where(
-                Point.device == device,
-                Point.key_id == key_id,
+                Point.series == series_of(device, key_id),
                 Point.ts >= ts,
                 Point.ts < ts - ts % MINUTE_MS + MINUTE_MS,
             )
@@ -539,8 +538,7 @@ async def _integrate(
         result = await session.stream(
             select(Point.ts, Point.value)
             .where(
-                Point.device == device,
-                Point.key_id == key_id,
+                Point.series == series_of(device, key_id),
                 Point.ts >= run[0].bucket,
                 Point.ts < run[-1].bucket + HOUR_MS,
             )
@@ -584,8 +582,7 @@ async def _hour_sums(
             func.lag(Point.value).over(partition_by=hour, order_by=Point.ts).label("pv"),
         )
         .where(
-            Point.device == device,
-            Point.key_id == key_id,
+            Point.series == series_of(device, key_id),
             Point.ts >= run[0].bucket,
             Point.ts < run[-1].bucket + HOUR_MS,
         )

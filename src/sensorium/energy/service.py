@@ -39,6 +39,7 @@ from sensorium.errors import Conflict, Invalid, NotFound
 from sensorium.protocol import mac_to_int
 from sensorium.telemetry import buckets
 from sensorium.telemetry.models import LatestValue, Point, Rollup
+from sensorium.telemetry.series import of as series_of
 from sensorium.users.models import User
 
 DEFAULT_MAX_GAP_S = 900
@@ -543,7 +544,7 @@ async def peak_power(
         raw = (
             await session.execute(
                 select(Point.value, Point.ts)
-                .where(Point.device == device, Point.key_id == key_id, Point.ts >= a, Point.ts < b)
+                .where(Point.series == series_of(device, key_id), Point.ts >= a, Point.ts < b)
                 .order_by(Point.value.desc(), Point.ts)
                 .limit(1)
             )
@@ -557,8 +558,7 @@ async def peak_power(
         return watts, at
     for query in (
         select(Point.ts).where(
-            Point.device == device,
-            Point.key_id == key_id,
+            Point.series == series_of(device, key_id),
             Point.ts >= at,
             Point.ts < at + HOUR_MS,
             Point.value == watts,

@@ -50,6 +50,8 @@ class Buckets:
 
     starts: list[int]
     end: int
+    # The bucket width in ms for fixed intervals; None for calendar ones.
+    width: int | None = None
 
     def bounds(self) -> list[tuple[int, int]]:
         edges = [*self.starts, self.end]
@@ -96,7 +98,7 @@ def fixed_buckets(interval: str, from_ms: int, to_ms: int, tz: ZoneInfo) -> Buck
     if count > MAX_BUCKETS:
         raise Invalid("too many buckets; choose a coarser interval", field="interval")
     starts = [first + i * width for i in range(count)]
-    return Buckets(starts, first + count * width)
+    return Buckets(starts, first + count * width, width)
 
 
 def buckets(interval: str, from_ms: int, to_ms: int, tz: ZoneInfo) -> Buckets:

@@ -130,13 +130,13 @@ async def add(session: AsyncSession, stats: Mapping[BucketKey, Stats]) -> None:
     await session.execute(merged, [s.row(k) for k, s in sorted(stats.items())])
 
 
-async def recompute(session: AsyncSession, changed: Iterable[PointKey]) -> int:
-    """Rebuild the buckets of overwritten points from the raw points; returns how many."""
-    dirty = sorted({(d, k, g, ts - ts % g) for d, k, ts in changed for g in GRAINS})
-    for device, key_id, grain, bucket in dirty:
+async def recompute(session: AsyncSession, changed: Iterable[tuple[int, int, int, int]]) -> int:
+    """Rebuild the buckets of overwritten points, given as (series, device, key id, ts),
+    from the raw points; returns how many."""
+    dirty = sorted({(s, d, k, g, ts - ts % g) for s, d, k, ts in changed for g in GRAINS})
+    for series, device, key_id, grain, bucket in dirty:
         in_bucket = and_(
-            Point.device == device,
-            Point.key_id == key_id,
+            Point.series == series,
             Point.ts >= bucket,
             Point.ts < bucket + grain,
         )
@@ -190,22 +190,28 @@ key_columns = frozenset({"device", "key_id", "grain", "bucket"})
 
 # The COPY path: points from the staging table that are new are inserted and merged into
 # their buckets in one statement, which returns how many were new. (The VALUES list is
-# GRAINS, checked by tests/telemetry/test_rollups.py.)
+# GRAINS, checked by tests/telemetry/test_rollups.py.) The staging table carries each
+# point's device and key next to its series.
 PG_MERGE = """
 WITH ins AS (
-    INSERT INTO points (device, key_id, ts, value)
-    SELECT device, key_id, ts, value FROM sensorium_points_stage
-    ON CONFLICT (device, key_id, ts) DO NOTHING
-    RETURNING device, key_id, ts, value
+    INSERT INTO points (series, ts, value)
+    SELECT series, ts, value FROM sensorium_points_stage
+    ON CONFLICT (series, ts) DO NOTHING
+    RETURNING series, ts, value
 ), roll AS (
     INSERT INTO rollups (device, key_id, grain, bucket, vmin, vmax, vsum, n,
                          first_ts, first_value, last_ts, last_value)
-    SELECT i.device, i.key_id, g.grain, i.ts - i.ts % g.grain,
-           min(i.value), max(i.value), sum(i.value), count(*),
-           min(i.ts), (array_agg(i.value ORDER BY i.ts))[1],
-           max(i.ts), (array_agg(i.value ORDER BY i.ts DESC))[1]
-    FROM ins i CROSS JOIN (VALUES (60000), (3600000), (86400000)) AS g(grain)
-    GROUP BY i.device, i.key_id, g.grain, i.ts - i.ts % g.grain
+    SELECT s.device, s.key_id, r.grain, r.bucket, r.vmin, r.vmax, r.vsum, r.n,
+           r.first_ts, r.first_value, r.last_ts, r.last_value
+    FROM (
+        SELECT i.series, g.grain, i.ts - i.ts % g.grain AS bucket,
+               min(i.value) AS vmin, max(i.value) AS vmax, sum(i.value) AS vsum,
+               count(*) AS n, min(i.ts) AS first_ts,
+               (array_agg(i.value ORDER BY i.ts))[1] AS first_value, max(i.ts) AS last_ts,
+               (array_agg(i.value ORDER BY i.ts DESC))[1] AS last_value
+        FROM ins i CROSS JOIN (VALUES (60000), (3600000), (86400000)) AS g(grain)
+        GROUP BY i.series, g.grain, i.ts - i.ts % g.grain
+    ) r JOIN series s ON s.id = r.series
     ON CONFLICT (device, key_id, grain, bucket) DO UPDATE SET
         vmin = LEAST(rollups.vmin, EXCLUDED.vmin),
         vmax = GREATEST(rollups.vmax, EXCLUDED.vmax),
@@ -225,7 +231,27 @@ SELECT count(*) FROM ins
 PG_OVERWRITE = """
 UPDATE points p SET value = s.value
 FROM sensorium_points_stage s
-WHERE p.device = s.device AND p.key_id = s.key_id AND p.ts = s.ts
+WHERE p.series = s.series AND p.ts = s.ts
   AND p.value IS DISTINCT FROM s.value
-RETURNING p.device, p.key_id, p.ts
+RETURNING s.series, s.device, s.key_id, p.ts
+"""
+
+# Every rollup rebuilt from the raw points (benchmarks load points by COPY; same SQL on
+# both databases). Run on an empty rollups table.
+REBUILD = """
+INSERT INTO rollups (device, key_id, grain, bucket, vmin, vmax, vsum, n,
+                     first_ts, first_value, last_ts, last_value)
+SELECT se.device, se.key_id, r.grain, r.bucket, r.vmin, r.vmax, r.vsum, r.n,
+       r.first_ts,
+       (SELECT p.value FROM points p WHERE p.series = r.series AND p.ts = r.first_ts),
+       r.last_ts,
+       (SELECT p.value FROM points p WHERE p.series = r.series AND p.ts = r.last_ts)
+FROM (
+    SELECT points.series, g.grain, points.ts - points.ts % g.grain AS bucket,
+           min(points.value) AS vmin, max(points.value) AS vmax, sum(points.value) AS vsum,
+           count(*) AS n, min(points.ts) AS first_ts, max(points.ts) AS last_ts
+    FROM points
+    CROSS JOIN (SELECT 60000 AS grain UNION ALL SELECT 3600000 UNION ALL SELECT 86400000) g
+    GROUP BY points.series, g.grain, points.ts - points.ts % g.grain
+) r JOIN series se ON se.id = r.series
 """

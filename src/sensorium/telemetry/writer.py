@@ -26,9 +26,10 @@ from sensorium.devices.service import OFFLINE_INTERVALS
 from sensorium.errors import NotFound, SensoriumError
 from sensorium.live.bus import LiveBus, status_event, telemetry_event
 from sensorium.protocol import Reading, mac_to_int
-from sensorium.telemetry import rollups
+from sensorium.telemetry import rollups, series
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
 from sensorium.telemetry.partitions import Partitions
+from sensorium.telemetry.series import Pair
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class _Job:
     future: asyncio.Future[int] = field(repr=False)
 
 
-# (device as int, key id, ts in ms)
-PointKey = tuple[int, int, int]
+# (series id, ts in ms)
+PointKey = tuple[int, int]
 
 
 class BatchWriter:
@@ -73,6 +74,7 @@ class BatchWriter:
         self._transport = transport
         self._on_online = on_online
         self._key_ids: dict[str, int] = {}
+        self._series = series.Cache()
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -206,10 +208,21 @@ class BatchWriter:
                 self._key_ids.update({row.name: row.id for row in rows})
         return self._key_ids
 
+    async def _series_for(self, jobs: list[_Job], key_ids: dict[str, int]) -> dict[Pair, int]:
+        pairs = {(mac_to_int(job.device_id), key_ids[r.key]) for job in jobs for r in job.readings}
+        known = self._series.known(pairs)
+        if known is not None:
+            return known
+        # Committed on their own before any point refers to them (points have no foreign
+        # key), so a rolled-back batch cannot leave this process with an id that is not there.
+        async with self._factory() as session, session.begin():
+            return await self._series.ids(session, pairs)
+
     async def _write(self, jobs: list[_Job]) -> tuple[set[str], list[str]]:
         """Store the jobs in one transaction; returns the device ids that still exist and
         those that came online with this data."""
         key_ids = await self._key_ids_for({r.key for job in jobs for r in job.readings})
+        series_ids = await self._series_for(jobs, key_ids)
         stamps = [r.ts for job in jobs for r in job.readings]
         if stamps:
             await self._partitions.ensure_range(min(stamps), max(stamps))
@@ -242,43 +255,49 @@ class BatchWriter:
             )
             alive = set(result.scalars())
             points: dict[PointKey, float] = {}
+            owners: dict[int, Pair] = {}
             for job in jobs:
                 if job.device_id not in alive:
                     continue
                 device = mac_to_int(job.device_id)
                 for r in job.readings:
+                    pair = (device, key_ids[r.key])
+                    sid = series_ids[pair]
+                    owners[sid] = pair
                     # Re-inserting moves the key to the end: the later document wins.
-                    points.pop((device, key_ids[r.key], r.ts), None)
-                    points[(device, key_ids[r.key], r.ts)] = r.value
+                    points.pop((sid, r.ts), None)
+                    points[(sid, r.ts)] = r.value
             if points:
-                await self._store(session, points)
+                await self._store(session, points, owners)
         return alive, online_now
 
-    async def _store(self, session: AsyncSession, points: dict[PointKey, float]) -> None:
+    async def _store(
+        self, session: AsyncSession, points: dict[PointKey, float], owners: dict[int, Pair]
+    ) -> None:
+        """`owners` says whose (device, key) each series is."""
         if len(points) >= COPY_THRESHOLD and session.get_bind().dialect.name == "postgresql":
-            await _copy_store(session, points)
+            await _copy_store(session, points, owners)
             return
-        rows: list[dict[str, Any]] = [
-            {"device": d, "key_id": k, "ts": t, "value": v} for (d, k, t), v in points.items()
-        ]
         stmt = dialect_insert(session, Point)
         result = await session.execute(
-            stmt.on_conflict_do_nothing(index_elements=["device", "key_id", "ts"]).returning(
-                Point.device, Point.key_id, Point.ts
+            stmt.on_conflict_do_nothing(index_elements=["series", "ts"]).returning(
+                Point.series, Point.ts
             ),
-            rows,
+            [{"series": s, "ts": t, "value": v} for (s, t), v in points.items()],
         )
-        fresh: set[PointKey] = {(d, k, t) for d, k, t in result}
-        await rollups.add(session, rollups.increments((p, points[p]) for p in fresh))
+        fresh: set[PointKey] = {(s, t) for s, t in result}
+        await rollups.add(
+            session, rollups.increments(((*owners[s], t), points[(s, t)]) for s, t in fresh)
+        )
         if len(fresh) < len(points):
             changed = await _overwrite(session, {p: v for p, v in points.items() if p not in fresh})
-            await rollups.recompute(session, changed)
-        newest: dict[tuple[int, int], dict[str, Any]] = {}
-        for row in rows:
-            slot = (row["device"], row["key_id"])
-            current = newest.get(slot)
-            if current is None or row["ts"] >= current["ts"]:
-                newest[slot] = row
+            await rollups.recompute(session, [(s, *owners[s], t) for s, t in changed])
+        newest: dict[int, dict[str, Any]] = {}
+        for (s, t), v in points.items():
+            current = newest.get(s)
+            if current is None or t >= current["ts"]:
+                device, key_id = owners[s]
+                newest[s] = {"device": device, "key_id": key_id, "ts": t, "value": v}
         stmt = dialect_insert(session, LatestValue)
         await session.execute(
             stmt.on_conflict_do_update(
@@ -296,7 +315,8 @@ COPY_THRESHOLD = 200
 _STAGE = "sensorium_points_stage"
 _CREATE_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS sensorium_points_stage "
-    "(device bigint, key_id integer, ts bigint, value double precision) ON COMMIT DELETE ROWS"
+    "(series bigint, device bigint, key_id integer, ts bigint, value double precision) "
+    "ON COMMIT DELETE ROWS"
 )
 _MERGE_LATEST = (
     "INSERT INTO latest_values (device, key_id, ts, value) "
@@ -309,7 +329,9 @@ _MERGE_LATEST = (
 _staged: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-async def _copy_store(session: AsyncSession, points: dict[PointKey, float]) -> None:
+async def _copy_store(
+    session: AsyncSession, points: dict[PointKey, float], owners: dict[int, Pair]
+) -> None:
     """The batch is already free of duplicates (ON CONFLICT would fail on one)."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
@@ -318,15 +340,15 @@ async def _copy_store(session: AsyncSession, points: dict[PointKey, float]) -> N
     if driver not in _staged:
         await driver.execute(_CREATE_STAGE)
         _staged.add(driver)
-    records = [(d, k, t, v) for (d, k, t), v in points.items()]
+    records = [(s, *owners[s], t, v) for (s, t), v in points.items()]
     await driver.copy_records_to_table(
-        _STAGE, records=records, columns=("device", "key_id", "ts", "value")
+        _STAGE, records=records, columns=("series", "device", "key_id", "ts", "value")
     )
     fresh = await driver.fetchval(rollups.PG_MERGE)
     if fresh < len(records):
         changed = await driver.fetch(rollups.PG_OVERWRITE)
         if changed:
-            await rollups.recompute(session, [(r[0], r[1], r[2]) for r in changed])
+            await rollups.recompute(session, [(r[0], r[1], r[2], r[3]) for r in changed])
     await driver.execute(_MERGE_LATEST)
 
 
@@ -337,19 +359,15 @@ async def _overwrite(session: AsyncSession, points: dict[PointKey, float]) -> li
     for i in range(0, len(keys), 500):
         chunk = keys[i : i + 500]
         stored = await session.execute(
-            select(Point.device, Point.key_id, Point.ts, Point.value).where(
-                tuple_(Point.device, Point.key_id, Point.ts).in_(chunk)
+            select(Point.series, Point.ts, Point.value).where(
+                tuple_(Point.series, Point.ts).in_(chunk)
             )
         )
-        changed += [(d, k, t) for d, k, t, v in stored if v != points[(d, k, t)]]
+        changed += [(s, t) for s, t, v in stored if v != points[(s, t)]]
     if changed:
         # ORM bulk UPDATE by primary key: one executemany.
         await session.execute(
-            update(Point),
-            [
-                {"device": d, "key_id": k, "ts": t, "value": points[(d, k, t)]}
-                for d, k, t in changed
-            ],
+            update(Point), [{"series": s, "ts": t, "value": points[(s, t)]} for s, t in changed]
         )
     return changed
 

@@ -1,0 +1,89 @@
+"""Series ids: one bigint per (device, key), which points are keyed by (models.Series)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+
+from sqlalchemy import ScalarSelect, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sensorium.db import dialect_insert
+from sensorium.telemetry.models import LatestValue, Series, TelemetryKey
+
+# (device as int, key id)
+Pair = tuple[int, int]
+
+
+async def ensure(session: AsyncSession, pairs: Collection[Pair]) -> dict[Pair, int]:
+    """The ids of these series, creating the missing ones."""
+    if not pairs:
+        return {}
+    rows = [{"device": d, "key_id": k} for d, k in sorted(pairs)]
+    await session.execute(
+        dialect_insert(session, Series).on_conflict_do_nothing(index_elements=["device", "key_id"]),
+        rows,
+    )
+    return await find(session, pairs)
+
+
+async def find(session: AsyncSession, pairs: Iterable[Pair]) -> dict[Pair, int]:
+    """The ids of those of these series that exist."""
+    wanted = sorted(set(pairs))
+    out: dict[Pair, int] = {}
+    for i in range(0, len(wanted), 500):
+        found = await session.execute(
+            select(Series.device, Series.key_id, Series.id).where(
+                tuple_(Series.device, Series.key_id).in_(wanted[i : i + 500])
+            )
+        )
+        out.update({(d, k): s for d, k, s in found})
+    return out
+
+
+async def of_device(
+    session: AsyncSession, device: int, keys: Sequence[str] | None = None
+) -> dict[int, tuple[int, str]]:
+    """`{series id: (key id, key name)}` of every key the device has sent (each has a
+    latest value, which retention keeps), or of those of `keys`."""
+    query = (
+        select(Series.id, Series.key_id, TelemetryKey.name)
+        .join(
+            LatestValue,
+            (LatestValue.device == Series.device) & (LatestValue.key_id == Series.key_id),
+        )
+        .join(TelemetryKey, TelemetryKey.id == Series.key_id)
+        .where(Series.device == device)
+    )
+    if keys:
+        query = query.where(TelemetryKey.name.in_(keys))
+    return {s: (k, name) for s, k, name in await session.execute(query)}
+
+
+class Cache:
+    """A process's series ids (they never change, see models.Series). Bounded: cleared
+    when full, which costs one lookup per series on the next batch."""
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self._ids: dict[Pair, int] = {}
+        self._limit = limit
+
+    def known(self, pairs: set[Pair]) -> dict[Pair, int] | None:
+        """All of their ids when every one is cached, otherwise None."""
+        ids = self._ids
+        return ids if all(p in ids for p in pairs) else None
+
+    async def ids(self, session: AsyncSession, pairs: set[Pair]) -> dict[Pair, int]:
+        missing = [p for p in pairs if p not in self._ids]
+        if missing:
+            if len(self._ids) + len(missing) > self._limit:
+                self._ids = {}
+                missing = list(pairs)
+            self._ids.update(await ensure(session, missing))
+        return self._ids
+
+
+def of(device: int, key_id: int) -> ScalarSelect[int]:
+    """The series id as a scalar subquery, for `Point.series == of(device, key_id)`."""
+    return (
+        select(Series.id).where(Series.device == device, Series.key_id == key_id).scalar_subquery()
+    )
