@@ -262,3 +262,19 @@ async def test_fleet_csv_export_covers_several_devices_and_only_yours(api: Api) 
     )
     assert r.status_code == 422
     assert r.json()["error"]["field"] == "devices"
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Berlin", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns"]
+)
+def test_iso_gives_milliseconds_and_the_offset_at_that_instant(zone: str) -> None:
+    tz = ZoneInfo(zone)
+    # Both sides of the 2026 DST changes, before 1970, and odd milliseconds.
+    stamps = [-1, -86_399_999, 0, 1_774_746_000_000, 1_774_749_599_999, 1_792_886_399_123]
+    stamps += [1_792_890_000_000 + k * 937_123 for k in range(-8, 8)]
+    for ts in stamps:
+        reference = (
+            datetime.fromtimestamp(ts / 1000, UTC).astimezone(tz).isoformat(timespec="milliseconds")
+        )
+        assert buckets.iso(ts, tz) == reference
+        assert datetime.fromisoformat(buckets.iso(ts, tz)).timestamp() * 1000 == ts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Float, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sensorium.db import Base
@@ -70,6 +70,21 @@ class Rollup(Base):
     the raw points, so long-range charts read these and not the points."""
 
     __tablename__ = "rollups"
+    __table_args__ = (
+        # Hour and day rollups (and any grain from 15 min up) read without the table: the
+        # minute rows, 60 times as many, scatter them over the heap (a year of one key's
+        # hours sat on 8,350 pages: 30-90 ms; index-only: 4 ms). A few MB.
+        Index(
+            "ix_rollups_coarse",
+            "device",
+            "key_id",
+            "grain",
+            "bucket",
+            postgresql_include=["vmin", "vmax", "vsum", "n"],
+            postgresql_where=text("grain >= 900000"),
+            sqlite_where=text("grain >= 900000"),
+        ),
+    )
 
     device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)

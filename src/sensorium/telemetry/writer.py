@@ -209,7 +209,10 @@ class BatchWriter:
         return self._key_ids
 
     async def _series_for(self, jobs: list[_Job], key_ids: dict[str, int]) -> dict[Pair, int]:
-        pairs = {(mac_to_int(job.device_id), key_ids[r.key]) for job in jobs for r in job.readings}
+        pairs: set[Pair] = set()
+        for job in jobs:
+            device = mac_to_int(job.device_id)
+            pairs.update((device, key_ids[r.key]) for r in job.readings)
         known = self._series.known(pairs)
         if known is not None:
             return known
