@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import asyncpg
@@ -292,3 +292,33 @@ def postmaster_cpu_of_exited_children() -> float:
         if _comm(int(fields[1])) != "postgres":  # its parent is not PostgreSQL: the postmaster
             return (int(fields[13]) + int(fields[14])) / CLK_TCK
     return 0.0
+
+
+# --- shared by bench/mqtt_ingest.py and bench/http_ingest.py (their writer baselines) --
+
+
+async def pg_series_ids(
+    conn: asyncpg.Connection, pairs: Iterable[tuple[int, int]], table: str = "series"
+) -> dict[tuple[int, int], int]:
+    """`{(device, key id): series id}` of these pairs in `table` (a `series` or a copy of
+    it), creating the missing rows as the writer does (`telemetry.series.ensure`: one
+    INSERT … ON CONFLICT DO NOTHING in sorted order, then a SELECT)."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    devices = [d for d, _k in wanted]
+    keys = [k for _d, k in wanted]
+    await conn.execute(
+        f"INSERT INTO {table} (device, key_id) "  # noqa: S608 (a table name of ours)
+        "SELECT * FROM unnest($1::bigint[], $2::integer[]) "
+        "ON CONFLICT (device, key_id) DO NOTHING",
+        devices,
+        keys,
+    )
+    rows = await conn.fetch(
+        f"SELECT device, key_id, id FROM {table} "  # noqa: S608
+        "WHERE (device, key_id) IN (SELECT * FROM unnest($1::bigint[], $2::integer[]))",
+        devices,
+        keys,
+    )
+    return {(r["device"], r["key_id"]): r["id"] for r in rows}

@@ -9,12 +9,13 @@ One invocation is self-contained. It
    fleet) with a fresh data directory: SQLite by default, or a scratch PostgreSQL
    database with `--database postgresql`;
 2. logs in as the demo user, registers one device, and sends its newest reading through
-   `POST /api/v1/devices/{id}/telemetry` (the real writer creates the keys);
-3. loads the other readings straight into `points` (SQLite: `executemany`, 100,000 rows
-   per transaction, while the idle server runs; PostgreSQL: asyncpg COPY into the weekly
-   partitions, then `VACUUM (ANALYZE)`): `--keys` keys at 1 Hz ending now, `--points` in
-   all (5,000,000 with 2 keys = 2,500,000 seconds, 29 days). Rollups are not built: the
-   raw CSV does not read them;
+   `POST /api/v1/devices/{id}/telemetry` (the real writer creates the keys and the
+   device's series);
+3. loads the other readings straight into `points` under those series ids (SQLite:
+   `executemany`, 100,000 rows per transaction, while the idle server runs; PostgreSQL:
+   asyncpg COPY into the weekly partitions, then `VACUUM (ANALYZE)`): `--keys` keys at
+   1 Hz ending now, `--points` in all (5,000,000 with 2 keys = 2,500,000 seconds, 29
+   days). Rollups are not built: the raw CSV does not read them;
 4. downloads the last minute as CSV once (warm-up), takes the server's baseline RSS
    (VmRSS of the `sensorium serve` process, /proc/<pid>/status; the Mosquitto child is a
    separate process), then downloads
@@ -70,6 +71,10 @@ LIMIT_BYTES = 50_000_000
 KEYS = ("temperature", "humidity", "co2", "pressure", "voltage")
 MAC = "A4CF12D00000"
 CHUNK = 100_000
+# {key name: series id} of the device (the API reading made them).
+SERIES_SQL = (
+    "SELECT k.name, s.id FROM series s JOIN telemetry_keys k ON k.id = s.key_id WHERE s.device = "
+)
 
 
 def log(message: str) -> None:
@@ -77,15 +82,15 @@ def log(message: str) -> None:
 
 
 def readings(
-    device: int, key_ids: list[int], first_ts: int, end_ms: int
-) -> Iterator[list[tuple[int, int, int, float]]]:
-    """Chunks of (device, key, ts, value), 1 Hz per key, in time order as live ingest
-    writes them; `end_ms` itself is left out (it came through the API)."""
+    series: list[int], first_ts: int, end_ms: int
+) -> Iterator[list[tuple[int, int, float]]]:
+    """Chunks of (series, ts, value), 1 Hz per series (one per key), in time order as live
+    ingest writes them; `end_ms` itself is left out (it came through the API)."""
     sin = math.sin
-    chunk: list[tuple[int, int, int, float]] = []
+    chunk: list[tuple[int, int, float]] = []
     for ts in range(first_ts, end_ms, 1000):
-        for i, key in enumerate(key_ids):
-            chunk.append((device, key, ts, round(20.0 + 5.0 * sin(ts / 13_751_000 + i), 2)))
+        for i, sid in enumerate(series):
+            chunk.append((sid, ts, round(20.0 + 5.0 * sin(ts / 13_751_000 + i), 2)))
         if len(chunk) >= CHUNK:
             yield chunk
             chunk = []
@@ -93,16 +98,14 @@ def readings(
         yield chunk
 
 
-def load_sqlite(path: Path, chunks: Iterator[list[tuple[int, int, int, float]]]) -> int:
+def load_sqlite(path: Path, chunks: Iterator[list[tuple[int, int, float]]]) -> int:
     conn = sqlite3.connect(path, timeout=60)
     loaded = 0
     try:
         conn.execute("PRAGMA busy_timeout=60000")
         for chunk in chunks:
             with conn:
-                conn.executemany(
-                    "INSERT INTO points (device, key_id, ts, value) VALUES (?, ?, ?, ?)", chunk
-                )
+                conn.executemany("INSERT INTO points (series, ts, value) VALUES (?, ?, ?)", chunk)
             loaded += len(chunk)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -111,7 +114,7 @@ def load_sqlite(path: Path, chunks: Iterator[list[tuple[int, int, int, float]]])
 
 
 async def load_postgresql(
-    dsn: str, chunks: Iterator[list[tuple[int, int, int, float]]], first_ts: int, end_ms: int
+    dsn: str, chunks: Iterator[list[tuple[int, int, float]]], first_ts: int, end_ms: int
 ) -> int:
     from sensorium.telemetry.partitions import create_statements, week_of
 
@@ -122,7 +125,7 @@ async def load_postgresql(
             await conn.execute(statement)
         for chunk in chunks:
             await conn.copy_records_to_table(
-                "points", records=chunk, columns=["device", "key_id", "ts", "value"]
+                "points", records=chunk, columns=["series", "ts", "value"]
             )
             loaded += len(chunk)
         await conn.execute("VACUUM (ANALYZE) points")
@@ -243,20 +246,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             dsn = PG_DSN.format(db=db)
             conn = await asyncpg.connect(dsn)
             try:
-                rows = await conn.fetch("SELECT name, id FROM telemetry_keys")
+                rows = await conn.fetch(SERIES_SQL + "$1", int(device_id, 16))
             finally:
                 await conn.close()
             ids = dict(rows)
-            chunks = readings(int(device_id, 16), [ids[k] for k in keys], first_ts, end_ms)
+            chunks = readings([ids[k] for k in keys], first_ts, end_ms)
             loaded = await load_postgresql(dsn, chunks, first_ts, end_ms)
         else:
             db_file = workdir / "data" / "sensorium.db"
             with sqlite3.connect(db_file) as conn3:
-                ids = dict(conn3.execute("SELECT name, id FROM telemetry_keys").fetchall())
-            chunks = readings(int(device_id, 16), [ids[k] for k in keys], first_ts, end_ms)
+                ids = dict(conn3.execute(SERIES_SQL + "?", (int(device_id, 16),)).fetchall())
+            chunks = readings([ids[k] for k in keys], first_ts, end_ms)
             loaded = await asyncio.to_thread(load_sqlite, db_file, chunks)
-        report["load_s"] = round(time.perf_counter() - t, 1)
-        report["loaded_rows_per_s"] = round(loaded / report["load_s"])
+        load_s = time.perf_counter() - t
+        report["load_s"] = round(load_s, 1)
+        report["loaded_rows_per_s"] = round(loaded / load_s)
         log(f"loaded {loaded:,} rows in {report['load_s']} s")
 
         report["busy_before_measuring"] = await wait_idle_cpu(log, args.quiet_limit)

@@ -11,14 +11,14 @@ One invocation is self-contained. It
 2. starts `sensorium serve --no-migrate --no-mqtt` with a fresh data directory and
    `SENSORIUM_RAW_RETENTION_DAYS` = `--days` + 30; registers a user and `--devices`
    devices, each sending its newest `power` reading through the ingest API (the real writer
-   creates the key, the latest value and the first rollups); creates a site (device 0 the
-   mains meter, the rest sub-meters) and a time-of-use tariff (night rate 23:00-07:00,
-   standing charge, CO2 factor);
+   creates the key, the device's series, the latest value and the first rollups); creates a
+   site (device 0 the mains meter, the rest sub-meters) and a time-of-use tariff (night
+   rate 23:00-07:00, standing charge, CO2 factor);
 3. bulk-loads the readings inside the database (PostgreSQL `generate_series`, SQLite a
    recursive CTE), one chunk of `--chunk-days` of all devices at a time in time order:
    `--full-rate` devices one reading every `--step-s` (10 s: 3,153,600 a year each), the
-   others one every `--other-step-s`; then rebuilds `rollups` with the migration's own
-   SQL (`BACKFILL` of migrations/versions/0004_rollups.py) and ANALYZEs;
+   others one every `--other-step-s`, under the series ids the API readings made; then
+   rebuilds `rollups` from the points (`telemetry.rollups.REBUILD`) and ANALYZEs;
 4. measures, over one keep-alive connection, `summary?site=&period=month|year&tz=
    Europe/Berlin&at=<just after the newest reading>`: the first request (cold), then
    `--runs` more alternating with the baseline `GET /api/v1/devices/{id}`; the answers
@@ -171,50 +171,39 @@ async def login(client: httpx.AsyncClient) -> str:
     return str(r.json()["access_token"])
 
 
-def migration_backfill() -> str:
-    """The BACKFILL statement of migrations/versions/0004_rollups.py (by path: the module
-    name starts with a digit)."""
-    import importlib.util
-
-    import sensorium.migrations
-
-    path = Path(sensorium.migrations.__file__).parent / "versions" / "0004_rollups.py"
-    spec = importlib.util.spec_from_file_location("sensorium_migration_0004", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.BACKFILL)
+# {device: series id} of the `power` key (the API readings made them).
+SERIES_SQL = "SELECT device, id FROM series WHERE key_id = "
 
 
 def plan(
-    devices: list[int], end_ms: int, args: argparse.Namespace
+    series: list[int], end_ms: int, args: argparse.Namespace
 ) -> list[tuple[int, int, int, int]]:
-    """(device, index, first ts, step ms) per device: readings fall on end_ms - k * step,
-    before end_ms (the reading at end_ms came through the API)."""
+    """(series id, device index, first ts, step ms) per device: readings fall on
+    end_ms - k * step, before end_ms (the reading at end_ms came through the API)."""
     span = args.days * DAY
     out = []
-    for i, device in enumerate(devices):
+    for i, sid in enumerate(series):
         step = (args.step_s if i < args.full_rate else args.other_step_s) * 1000
         first = end_ms - (span // step) * step
-        out.append((device, i, first, step))
+        out.append((sid, i, first, step))
     return out
 
 
 def expected_rows(p: list[tuple[int, int, int, int]], end_ms: int) -> int:
-    return sum((end_ms - first) // step for _d, _i, first, step in p)
+    return sum((end_ms - first) // step for _s, _i, first, step in p)
 
 
 async def load_pg(dsn: str, device_ids: list[str], end_ms: int, args: argparse.Namespace) -> Any:
     from sensorium.telemetry.partitions import create_statements, week_of
+    from sensorium.telemetry.rollups import REBUILD
 
-    devices = [int(d, 16) for d in device_ids]
-    p = plan(devices, end_ms, args)
-    start = min(first for _d, _i, first, _s in p)
     out: dict[str, Any] = {}
     conn = await asyncpg.connect(dsn)
     try:
         key_id = await conn.fetchval("SELECT id FROM telemetry_keys WHERE name = $1", KEY)
+        by_device = dict(await conn.fetch(SERIES_SQL + "$1", key_id))
+        p = plan([by_device[int(d, 16)] for d in device_ids], end_ms, args)
+        start = min(first for _s, _i, first, _st in p)
         for statement in create_statements(range(week_of(start), week_of(end_ms) + 1)):
             await conn.execute(statement)
         t_load, rows = time.perf_counter(), 0
@@ -223,19 +212,19 @@ async def load_pg(dsn: str, device_ids: list[str], end_ms: int, args: argparse.N
         while t0 < end_ms:
             t1 = min(t0 + chunk, end_ms)
             parts = []
-            for device, i, first, step in p:
+            for sid, i, first, step in p:
                 a = first + max(0, -(-(t0 - first) // step)) * step
                 if a >= t1:
                     continue
                 parts.append(
-                    f"SELECT {device}::bigint AS device, {key_id} AS key_id, ts, "  # noqa: S608
+                    f"SELECT {sid}::bigint AS series, ts, "  # noqa: S608
                     f"{VALUE_SQL.format(base=base_w(i))}::float8 AS value "
                     f"FROM generate_series({a}::bigint, {t1 - 1}::bigint, {step}::bigint) ts"
                 )  # integers only
             status = await conn.execute(
-                "INSERT INTO points (device, key_id, ts, value) SELECT * FROM ("  # noqa: S608
+                "INSERT INTO points (series, ts, value) SELECT * FROM ("  # noqa: S608
                 + " UNION ALL ".join(parts)
-                + ") s ORDER BY ts, device"
+                + ") s ORDER BY ts, series"
             )
             rows += int(status.split()[-1])
             t0 = t1
@@ -243,12 +232,12 @@ async def load_pg(dsn: str, device_ids: list[str], end_ms: int, args: argparse.N
             log(f"loaded {rows:,} rows ({rate:,.0f} rows/s)")
         out["load_s"] = round(time.perf_counter() - t_load, 1)
         out["rows"] = rows
-        log(f"{rows:,} rows in {out['load_s']} s; building rollups (BACKFILL)")
+        log(f"{rows:,} rows in {out['load_s']} s; building rollups (REBUILD)")
         t = time.perf_counter()
         await conn.execute("SET work_mem = '512MB'")
         await conn.execute("SET max_parallel_workers_per_gather = 2")
         await conn.execute("TRUNCATE rollups")
-        await conn.execute(migration_backfill())
+        await conn.execute(REBUILD)
         out["rollups_s"] = round(time.perf_counter() - t, 1)
         log(f"rollups in {out['rollups_s']} s; VACUUM (ANALYZE)")
         t = time.perf_counter()
@@ -261,9 +250,8 @@ async def load_pg(dsn: str, device_ids: list[str], end_ms: int, args: argparse.N
 
 
 def load_sqlite(path: Path, device_ids: list[str], end_ms: int, args: argparse.Namespace) -> Any:
-    devices = [int(d, 16) for d in device_ids]
-    p = plan(devices, end_ms, args)
-    start = min(first for _d, _i, first, _s in p)
+    from sensorium.telemetry.rollups import REBUILD
+
     out: dict[str, Any] = {}
     conn = sqlite3.connect(path, timeout=60)
     try:
@@ -271,26 +259,29 @@ def load_sqlite(path: Path, device_ids: list[str], end_ms: int, args: argparse.N
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-1000000")
         (key_id,) = conn.execute("SELECT id FROM telemetry_keys WHERE name = ?", (KEY,)).fetchone()
+        by_device = dict(conn.execute(SERIES_SQL + "?", (key_id,)).fetchall())
+        p = plan([by_device[int(d, 16)] for d in device_ids], end_ms, args)
+        start = min(first for _s, _i, first, _st in p)
         t_load, rows = time.perf_counter(), 0
         chunk = args.chunk_days * DAY
         t0 = start
         while t0 < end_ms:
             t1 = min(t0 + chunk, end_ms)
             parts = []
-            for device, i, first, step in p:
+            for sid, i, first, step in p:
                 a = first + max(0, -(-(t0 - first) // step)) * step
                 if a >= t1:
                     continue
                 parts.append(
-                    f"SELECT {device} AS device, {key_id} AS key_id, ts, "  # noqa: S608
+                    f"SELECT {sid} AS series, ts, "  # noqa: S608
                     f"{VALUE_SQL.format(base=base_w(i))} AS value FROM "
                     f"(WITH RECURSIVE s(ts) AS (SELECT {a} UNION ALL SELECT ts + {step} FROM s "
                     f"WHERE ts + {step} < {t1}) SELECT ts FROM s)"
                 )
             cur = conn.execute(
-                "INSERT INTO points (device, key_id, ts, value) SELECT * FROM ("  # noqa: S608
+                "INSERT INTO points (series, ts, value) SELECT * FROM ("  # noqa: S608
                 + " UNION ALL ".join(parts)
-                + ") ORDER BY ts, device"
+                + ") ORDER BY ts, series"
             )
             rows += cur.rowcount
             conn.commit()
@@ -298,10 +289,10 @@ def load_sqlite(path: Path, device_ids: list[str], end_ms: int, args: argparse.N
             log(f"loaded {rows:,} rows ({rows / (time.perf_counter() - t_load):,.0f} rows/s)")
         out["load_s"] = round(time.perf_counter() - t_load, 1)
         out["rows"] = rows
-        log(f"{rows:,} rows in {out['load_s']} s; building rollups (BACKFILL)")
+        log(f"{rows:,} rows in {out['load_s']} s; building rollups (REBUILD)")
         t = time.perf_counter()
         conn.execute("DELETE FROM rollups")
-        conn.execute(migration_backfill())
+        conn.execute(REBUILD)
         conn.commit()
         out["rollups_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
@@ -412,7 +403,7 @@ async def find_setup(base: str, args: argparse.Namespace, target: str) -> Any:
         r.raise_for_status()
         site = r.json()["items"][0]
     ids = [site["mains"]["device_id"]] + [m["device_id"] for m in site["submeters"]]
-    sql = "SELECT max(ts) FROM points WHERE device = "
+    sql = "SELECT max(p.ts) FROM points p JOIN series s ON s.id = p.series WHERE s.device = "
     if args.db == "postgresql":
         conn = await asyncpg.connect(PG_DSN.format(db=target))
         try:
@@ -544,7 +535,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["load"] = await asyncio.to_thread(
                     load_sqlite, Path(target), ids, end_ms, args
                 )
-            p = plan([int(d, 16) for d in ids], end_ms, args)
+            p = plan(list(range(len(ids))), end_ms, args)  # the counts need no series ids
             if report["load"]["rows"] != expected_rows(p, end_ms):
                 raise RuntimeError(f"loaded {report['load']['rows']:,}, expected more")
         report["end_ms"] = end_ms
@@ -600,7 +591,7 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if "load" in report:
         ld = report["load"]
-        print(f"load {ld['load_s']} s, rollups (BACKFILL) {ld['rollups_s']} s, "
+        print(f"load {ld['load_s']} s, rollups (REBUILD) {ld['rollups_s']} s, "
               f"analyze {ld['vacuum_s']} s")  # fmt: skip
     print()
     print("| summary | first (cold) ms | warm p50 ms | warm p90 ms | baseline p50 / p90 ms | "

@@ -303,10 +303,12 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-STORED_SQL = (
-    "SELECT p.device, p.ts FROM points p JOIN telemetry_keys k ON k.id = p.key_id "
+# The `seq` points, by device (points carry a series id; the series table says whose).
+SEQ_POINTS = (
+    "FROM points p JOIN series s ON s.id = p.series JOIN telemetry_keys k ON k.id = s.key_id "
     "WHERE k.name = 'seq'"
 )
+STORED_SQL = "SELECT s.device, p.ts " + SEQ_POINTS
 
 
 def stored_sqlite(path: Path) -> set[tuple[int, int]]:
@@ -343,9 +345,7 @@ async def register(base: str, password: str, count: int) -> list[tuple[str, str]
     return devices
 
 
-COUNT_SQL = (
-    "SELECT count(*) FROM points p JOIN telemetry_keys k ON k.id = p.key_id WHERE k.name = 'seq'"
-)
+COUNT_SQL = "SELECT count(*) " + SEQ_POINTS
 
 
 def count_sqlite(path: Path) -> int:

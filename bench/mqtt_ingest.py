@@ -3,10 +3,15 @@
 One invocation is self-contained and reports, in the same run:
 
 1. **Baselines** (before any worker runs): the raw PostgreSQL `COPY` rate into the fresh
-   database's `points` table (asyncpg `copy_records_to_table`, `--copy-rows`-row transactions,
-   rows interleaved over the devices and keys like live ingest), and the rate of the batch
-   writer's own SQL shape (COPY into the temp staging table + `INSERT … SELECT … ON CONFLICT`
-   into `points` + the `latest_values` merge) for the same transactions.
+   database's `points` table (asyncpg `copy_records_to_table` of (series, ts, value),
+   `--copy-rows`-row transactions, rows interleaved over the devices and keys like live
+   ingest), and the rate of the batch writer's own SQL shape for the same transactions: COPY
+   of (series, device, key_id, ts, value) into the temp staging table + `INSERT … SELECT …
+   ON CONFLICT (series, ts)` into `points` + the `latest_values` merge (the writer's statement
+   also merges the new points into `rollups`, which this baseline leaves out). The keys and
+   the devices' series are created first, as the writer creates them (INSERT … ON CONFLICT DO
+   NOTHING, then SELECT), and stay for the workers; the weekly partitions the rows fall in
+   are created outside the timed transactions.
 2. **End to end**: datapoints/s stored in PostgreSQL with 1 and 2 `sensorium worker --shared`
    processes (each its own client id on the shared subscription `$share/sensorium/...`), for
    single-reading messages (`{"ts": …, "values": {"temperature", "humidity", "co2"}}`, every
@@ -24,13 +29,13 @@ Load: `--publishers` processes with raw-socket MQTT 5 QoS 1 publishers (one conn
 device, client id = username = device id, password = its token; up to the broker's Receive
 Maximum in flight per connection; packets pre-encoded and written in chunks). Publishers are
 flow-controlled so they stay a fixed backlog (`--backlog-single` / `--backlog-batch`
-messages) ahead of what PostgreSQL has stored (from `pg_stat_user_tables.n_tup_ins`): the
-workers always have work queued, and the publishers use no more CPU than needed to keep it
-so. Before each phase the bench waits until no other benchmark runs and the machine is idle;
-CPU used by anything else during the window is reported as "other" (kernel irq/softirq time,
-where loopback TCP is mostly processed, is shown apart). The smallest backlog
-seen during the window is reported: when it stays well above zero the load generator was not
-the bottleneck.
+messages) ahead of what PostgreSQL has stored (`pg_stat_user_tables.n_tup_ins` summed over
+the weekly partitions of `points`): the workers always have work queued, and the publishers
+use no more CPU than needed to keep it so. Before each phase the bench waits until no other
+benchmark runs and the machine is idle; CPU used by anything else during the window is
+reported as "other" (kernel irq/softirq time, where loopback TCP is mostly processed, is
+shown apart). The smallest backlog seen during the window is reported: when it stays well
+above zero the load generator was not the bottleneck.
 
 Measurement: after `--warmup` seconds, `SELECT count(*) FROM points` at the start and end of a
 `--duration` window gives the sustained rate. Then publishing stops, every message is
@@ -73,9 +78,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
-
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/{db}"
-from _common import _comm, _cpu_seconds, _read_varint, _varint, free_port, peer_running  # noqa: E402  (bench/ is on sys.path)
+from _common import (  # bench/ is on sys.path
+    PG_DSN,
+    _comm,
+    _cpu_seconds,
+    _read_varint,
+    _varint,
+    free_port,
+    peer_running,
+    pg_series_ids,
+)
 
 KEYS = ("temperature", "humidity", "co2")
 BATCH_ENTRIES = 50
@@ -639,28 +651,43 @@ def _mac_int(device_id: str) -> int:
 
 
 def baseline_rows(
-    devices: Sequence[int], start: int, rows: int
-) -> list[tuple[int, int, int, float]]:
-    """`rows` rows interleaved like live ingest: each ts step visits every device and key."""
-    out: list[tuple[int, int, int, float]] = []
+    series: Sequence[tuple[int, int, int]], start: int, rows: int
+) -> list[tuple[int, int, int, int, float]]:
+    """`rows` staging rows (series, device, key id, ts, value) interleaved like live ingest:
+    each ts step visits every entry of `series`, (series id, device, key id) of every device
+    and key."""
+    out: list[tuple[int, int, int, int, float]] = []
     step = start
     while len(out) < rows:
-        for device in devices:
-            for key in range(1, len(KEYS) + 1):
-                out.append((device, key, step, 21.5))
+        for sid, device, key in series:
+            out.append((sid, device, key, step, 21.5))
         step += 1
     del out[rows:]
     return out
 
 
+async def writer_key_ids(conn: asyncpg.Connection) -> list[int]:
+    """The ids of KEYS, created as the writer creates keys (INSERT … ON CONFLICT DO NOTHING,
+    then SELECT)."""
+    await conn.execute(
+        "INSERT INTO telemetry_keys (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
+        sorted(KEYS),
+    )
+    ids = dict(await conn.fetch("SELECT name, id FROM telemetry_keys WHERE name = ANY($1)", KEYS))
+    return [ids[k] for k in KEYS]
+
+
+# telemetry/writer.py's staging table and merges (the writer's points merge is
+# rollups.PG_MERGE, which also merges the new points into `rollups`).
 STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS sensorium_points_stage "
-    "(device bigint, key_id integer, ts bigint, value double precision) ON COMMIT DELETE ROWS"
+    "(series bigint, device bigint, key_id integer, ts bigint, value double precision) "
+    "ON COMMIT DELETE ROWS"
 )
 MERGE_POINTS = (
-    "INSERT INTO points (device, key_id, ts, value) "
-    "SELECT device, key_id, ts, value FROM sensorium_points_stage "
-    "ON CONFLICT (device, key_id, ts) DO UPDATE SET value = EXCLUDED.value"
+    "INSERT INTO points (series, ts, value) "
+    "SELECT series, ts, value FROM sensorium_points_stage "
+    "ON CONFLICT (series, ts) DO UPDATE SET value = EXCLUDED.value"
 )
 MERGE_LATEST = (
     "INSERT INTO latest_values (device, key_id, ts, value) "
@@ -674,13 +701,21 @@ MERGE_LATEST = (
 async def pg_baseline(
     db: str, devices: Sequence[Device], rows: int, seconds: float
 ) -> dict[str, Any]:
-    """Raw COPY into `points`, then the writer's staged COPY + merges, `rows` per transaction.
-    Rates count only the time inside transactions (row generation excluded)."""
+    """Raw COPY into `points`, then the writer's staged COPY + merges, `rows` per transaction,
+    under the devices' series ids (created first, as the writer does). Rates count only the
+    time inside transactions (row generation and partition creation excluded)."""
+    from sensorium.telemetry.partitions import create_statements, week_of
+
     conn = await asyncpg.connect(PG_DSN.format(db=db))
     ints = [_mac_int(d.id) for d in devices]
     per_txn_steps = -(-rows // (len(ints) * len(KEYS)))
     out: dict[str, Any] = {"rows_per_transaction": rows}
     try:
+        key_ids = await writer_key_ids(conn)
+        pairs = [(d, k) for d in ints for k in key_ids]
+        ids = await pg_series_ids(conn, pairs)
+        series = [(ids[pair], *pair) for pair in pairs]
+        weeks: set[int] = set()
         step = 0
         for mode in ("copy", "writer"):
             if mode == "writer":
@@ -689,19 +724,27 @@ async def pg_baseline(
             total = 0
             began = time.monotonic()
             while time.monotonic() - began < seconds:
-                batch = baseline_rows(ints, 1_700_000_000_000 + step, rows)
+                batch = baseline_rows(series, 1_700_000_000_000 + step, rows)
                 step += per_txn_steps
+                # The weekly partitions of `points` these rows fall in (the writer makes them
+                # on demand; the migration only made those around now).
+                needed = set(range(week_of(batch[0][3]), week_of(batch[-1][3]) + 1)) - weeks
+                for statement in create_statements(needed):
+                    await conn.execute(statement)
+                weeks |= needed
+                if mode == "copy":
+                    raw = [(sid, ts, value) for sid, _d, _k, ts, value in batch]
                 t0 = time.perf_counter()
                 async with conn.transaction():
                     if mode == "copy":
                         await conn.copy_records_to_table(
-                            "points", records=batch, columns=("device", "key_id", "ts", "value")
+                            "points", records=raw, columns=("series", "ts", "value")
                         )
                     else:
                         await conn.copy_records_to_table(
                             "sensorium_points_stage",
                             records=batch,
-                            columns=("device", "key_id", "ts", "value"),
+                            columns=("series", "device", "key_id", "ts", "value"),
                         )
                         await conn.execute(MERGE_POINTS)
                         await conn.execute(MERGE_LATEST)
@@ -760,8 +803,10 @@ class Bench:
 
     async def inserted(self) -> int:
         assert self.conn is not None
+        # `points` is partitioned by week: the partitions count the inserts, not the parent.
         n = await self.conn.fetchval(
-            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'points'::regclass"
+            "SELECT sum(n_tup_ins) FROM pg_stat_user_tables WHERE relid = 'points'::regclass "
+            "OR relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'points'::regclass)"
         )
         return int(n or 0)
 
