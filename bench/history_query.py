@@ -221,7 +221,7 @@ async def load(
         out["copy_s"] = round(time.perf_counter() - t_copy, 1)
         out["copy_rows"] = copied
         out["copy_rows_per_s"] = round(copied / out["copy_s"])
-        log(f"COPY done: {copied:,} rows in {out['copy_s']} s; building rollups (BACKFILL)")
+        log(f"COPY done: {copied:,} rows in {out['copy_s']} s; building rollups (REBUILD)")
         t = time.perf_counter()
         await conn.execute("SET work_mem = '512MB'")
         await conn.execute("TRUNCATE rollups")  # the API readings' rollups; rebuilt next
@@ -680,7 +680,7 @@ def print_report(report: dict[str, Any]) -> None:
         ld = report["load"]
         print(
             f"load:     COPY {ld['copy_rows']:,} rows in {ld['copy_s']} s "
-            f"({ld['copy_rows_per_s']:,} rows/s), rollups (BACKFILL) {ld['rollups_s']} s, "
+            f"({ld['copy_rows_per_s']:,} rows/s), rollups (REBUILD) {ld['rollups_s']} s, "
             f"VACUUM ANALYZE {ld['vacuum_s']} s; total {ld['total_s']} s"
         )
     s = report["sizes"]

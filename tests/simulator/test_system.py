@@ -41,6 +41,7 @@ async def stored_points(app: Any) -> dict[str, int]:
     async with app.state.ctx.sessions() as session:
         rows = await session.execute(
             select(Series.device, func.count())
+            .select_from(Point)
             .join(Series, Series.id == Point.series)
             .group_by(Series.device)
         )
