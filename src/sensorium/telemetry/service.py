@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    SQLColumnExpression,
     delete,
     func,
     literal,
@@ -189,10 +190,7 @@ async def aggregate(
     calendar = interval not in buckets.FIXED_MS
     width = CALENDAR_GRAIN_MS if calendar else buckets.FIXED_MS[interval]
     origin = plan.starts[0]
-    # Integer arithmetic, so SQLite and PostgreSQL bucket identically.
-    grain: ColumnElement[int] = literal(origin, BigInteger) + (
-        (Point.ts - literal(origin, BigInteger)) // literal(width, BigInteger)
-    ) * literal(width, BigInteger)
+    grain = _on_grid(Point.ts, origin, width)
     query = (
         select(
             Point.series,
@@ -391,10 +389,20 @@ Summary = tuple[int, int, float, float, float, int, float, float]
 _SUMMARY_INDEX = {"min": 2, "max": 3, "sum": 4, "count": 5, "avg": None, "first": 6, "last": 7}
 
 
-def _rollups_in(device: int, key_ids: Sequence[int], grain: int, a: int, b: int) -> Any:
+def _on_grid(at: SQLColumnExpression[int], origin: int, width: int) -> ColumnElement[int]:
+    """The start of the `width`-wide bucket of a grid from `origin` that holds `at`
+    (integer arithmetic, so SQLite and PostgreSQL bucket identically)."""
+    start, step = literal(origin, BigInteger), literal(width, BigInteger)
+    return start + (at - start) // step * step
+
+
+def _rollups_in(
+    device: int, found: dict[int, tuple[int, str]], grain: int, a: int, b: int
+) -> tuple[ColumnElement[bool], ...]:
+    """The rollups of these series of the device, of one grain, with buckets in [a, b)."""
     return (
         Rollup.device == device,
-        Rollup.key_id.in_(key_ids),
+        Rollup.key_id.in_(sorted({key_id for key_id, _name in found.values()})),
         Rollup.grain == grain,
         Rollup.bucket >= a,
         Rollup.bucket < b,
@@ -413,15 +421,14 @@ async def _merged_in_sql(
     reads 8,760 hourly rollups (an index-only scan) and returns 1,461 rows. first/last
     are not asked for on this path: zeros."""
     assert plan.width is not None
-    origin, width = literal(plan.starts[0], BigInteger), literal(plan.width, BigInteger)
-    key_ids = sorted({key_id for key_id, _name in found.values()})
+    origin, width = plan.starts[0], plan.width
     parts: list[Select[int, int, float, float, float, int]] = []
     for grain, a, b in sources:
         if grain is None:
             parts.append(
                 select(
                     Series.key_id.label("key_id"),
-                    (origin + (Point.ts - origin) // width * width).label("slot"),
+                    _on_grid(Point.ts, origin, width).label("slot"),
                     Point.value.label("lo"),
                     Point.value.label("hi"),
                     Point.value.label("total"),
@@ -433,9 +440,9 @@ async def _merged_in_sql(
         else:
             parts.append(
                 select(
-                    Rollup.key_id, origin + (Rollup.bucket - origin) // width * width,
+                    Rollup.key_id, _on_grid(Rollup.bucket, origin, width),
                     Rollup.vmin, Rollup.vmax, Rollup.vsum, Rollup.n,
-                ).where(*_rollups_in(device, key_ids, grain, a, b))
+                ).where(*_rollups_in(device, found, grain, a, b))
             )  # fmt: skip
     if not parts:
         return []
@@ -462,7 +469,6 @@ async def _merged_here(
     plan: buckets.Buckets,
 ) -> list[Summary]:
     """Calendar buckets, or first/last asked for: each source read, merged here."""
-    key_ids = sorted({key_id for key_id, _name in found.values()})
     merged: dict[tuple[int, int], rollups.Stats] = {}
 
     def merge(key_id: int, at: int, stats: rollups.Stats) -> None:
@@ -485,7 +491,7 @@ async def _merged_here(
         query = select(
             Rollup.key_id, Rollup.bucket, Rollup.vmin, Rollup.vmax, Rollup.vsum, Rollup.n,
             Rollup.first_ts, Rollup.first_value, Rollup.last_ts, Rollup.last_value,
-        ).where(*_rollups_in(device, key_ids, grain, a, b))  # fmt: skip
+        ).where(*_rollups_in(device, found, grain, a, b))  # fmt: skip
         for key_id, bucket, *summary in await connection.execute(query):
             merge(key_id, bucket, rollups.Stats(*summary))
     return [
