@@ -88,6 +88,27 @@ class Settings(BaseSettings):
     live_channel: str = "sensorium:live"
     live_queue_capacity: int = Field(1000, ge=10)
 
+    # Alerts. The scheduler's alert pass (duration timers, silence, notifications, live
+    # events) runs every alert_tick_s.
+    alert_tick_s: float = Field(1.0, gt=0, le=60)
+    # Flood guard: at most this many notifications per channel per window; the rest are
+    # summarised in one digest at the end of the window.
+    alert_channel_max_per_window: int = Field(10, ge=1)
+    alert_flood_window_s: float = Field(60.0, gt=0)
+    # Failed webhooks and e-mails are retried after base, 2 x base, 4 x base, ... seconds.
+    alert_retry_base_s: float = Field(5.0, gt=0)
+    alert_retry_max_attempts: int = Field(8, ge=1, le=30)
+    alert_send_timeout_s: float = Field(10.0, gt=0)
+    # Where links in notifications point (the dashboard as users reach it).
+    public_url: str = "http://127.0.0.1:8000"
+    # E-mail notifications (aiosmtplib). smtp_tls: "starttls", "tls" (implicit) or "none".
+    smtp_host: str = ""
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_from: str = "sensorium@localhost"
+    smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
+
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

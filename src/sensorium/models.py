@@ -1,5 +1,14 @@
 """Imports every model so Base.metadata is complete (for Alembic and tests)."""
 
+from sensorium.alerts.models import (
+    Alert,
+    AlertRule,
+    AlertRuleChannel,
+    AlertRuleDevice,
+    AlertState,
+    Delivery,
+    NotificationChannel,
+)
 from sensorium.broker.models import BrokerChange
 from sensorium.control.models import Command, DeviceState
 from sensorium.db import Base
@@ -9,9 +18,15 @@ from sensorium.telemetry.models import LatestValue, Point, Rollup, Series, Telem
 from sensorium.users.models import RefreshToken, User
 
 __all__ = [
+    "Alert",
+    "AlertRule",
+    "AlertRuleChannel",
+    "AlertRuleDevice",
+    "AlertState",
     "Base",
     "BrokerChange",
     "Command",
+    "Delivery",
     "Device",
     "DeviceCredential",
     "DeviceLog",
@@ -19,6 +34,7 @@ __all__ = [
     "DeviceStatusEvent",
     "EnergyHour",
     "LatestValue",
+    "NotificationChannel",
     "Point",
     "RefreshToken",
     "Rollup",

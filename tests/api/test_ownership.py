@@ -50,6 +50,24 @@ USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/energy/summary.csv", None),
     ("GET", "/api/v1/energy/series", None),
     ("GET", "/api/v1/energy/series.csv", None),
+    ("GET", "/api/v1/alert-rules", None),
+    ("POST", "/api/v1/alert-rules", {"name": "x", "scope": "all", "kind": "offline"}),
+    ("GET", "/api/v1/alerts", None),
+    ("GET", "/api/v1/notification-channels", None),
+    ("POST", "/api/v1/notification-channels", {"name": "x", "kind": "email", "email": "a@b.cd"}),
+]
+# Alert endpoints: {rule_id}, {alert_id}, {channel_id} are the device owner's.
+ALERT_ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("GET", "/api/v1/alert-rules/{rule_id}", None),
+    ("PATCH", "/api/v1/alert-rules/{rule_id}", {"name": "mine now", "enabled": False}),
+    ("DELETE", "/api/v1/alert-rules/{rule_id}", None),
+    ("GET", "/api/v1/alerts/{alert_id}", None),
+    ("POST", "/api/v1/alerts/{alert_id}/ack", {"note": "mine now"}),
+    ("GET", "/api/v1/notification-channels/{channel_id}", None),
+    ("PATCH", "/api/v1/notification-channels/{channel_id}", {"url": "https://evil.example/x"}),
+    ("DELETE", "/api/v1/notification-channels/{channel_id}", None),
+    ("POST", "/api/v1/notification-channels/{channel_id}/secret", None),
+    ("GET", "/api/v1/notification-channels/{channel_id}/deliveries", None),
 ]
 # Per-site endpoints: {site_id} is a site of the device's owner.
 SITE_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -111,6 +129,7 @@ def test_every_route_is_classified(settings: Settings) -> None:
         + DEVICE_ENDPOINTS
         + SHARED_ENDPOINTS
         + SITE_ENDPOINTS
+        + ALERT_ENDPOINTS
     } | PUBLIC_ENDPOINTS
     # The OpenAPI document lists every API route (the docs pages themselves excluded).
     routes = {
@@ -276,3 +295,79 @@ async def test_energy_figures_of_another_users_site_or_device_are_404(api: Api, 
     for params in ({"device": device.id}, {"site": site_id}):
         r = await api.client.get(path, params=params, headers=owner.headers)
         assert r.status_code == 200, r.text
+
+
+async def _alerting(api: Api, device: RegisteredDevice) -> dict[str, int]:
+    """A webhook channel, a rule notifying it and an open alert of the device's owner."""
+    headers = device.owner.headers
+    r = await api.client.post(
+        "/api/v1/notification-channels",
+        json={"name": "hook", "kind": "webhook", "url": "http://127.0.0.1:9/hook"},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    channel_id: int = r.json()["id"]
+    rule: dict[str, Any] = {"name": "hot", "scope": "device", "devices": [device.id]}
+    rule |= {"key": "t", "operator": ">", "threshold": 0, "channels": [channel_id]}
+    r = await api.client.post("/api/v1/alert-rules", json=rule, headers=headers)
+    assert r.status_code == 201, r.text
+    rule_id: int = r.json()["id"]
+    assert (await api.send(device, {"t": 1})).status_code == 202
+    r = await api.client.get("/api/v1/alerts", headers=headers)
+    [alert] = r.json()["items"]
+    return {"rule_id": rule_id, "alert_id": alert["id"], "channel_id": channel_id}
+
+
+async def _alert_snapshot(api: Api, headers: dict[str, str], ids: dict[str, int]) -> Any:
+    paths = [
+        f"/api/v1/alert-rules/{ids['rule_id']}",
+        f"/api/v1/alerts/{ids['alert_id']}",
+        f"/api/v1/notification-channels/{ids['channel_id']}",
+    ]
+    views = [(await api.client.get(p, headers=headers)).json() for p in paths]
+    # Which deliveries exist (their attempts go on in the background).
+    log = f"/api/v1/notification-channels/{ids['channel_id']}/deliveries"
+    items = (await api.client.get(log, headers=headers)).json()["items"]
+    return [*views, [(d["id"], d["alert_id"], d["event"]) for d in items]]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ALERT_ENDPOINTS)
+async def test_another_users_rules_alerts_and_channels_are_404_and_untouched(
+    api: Api, method: str, path: str, body: Any
+) -> None:
+    owner = await api.account()
+    intruder = await api.account()
+    device = await api.device(owner)
+    ids = await _alerting(api, device)
+    code = {"rule_id": "rule_not_found", "alert_id": "alert_not_found"}
+    code |= {"channel_id": "channel_not_found"}
+    name = next(n for n in ids if "{" + n + "}" in path)
+    before = await _alert_snapshot(api, owner.headers, ids)
+    r = await api.client.request(method, path.format(**ids), json=body, headers=intruder.headers)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == code[name]
+    # The same answer as for one that does not exist.
+    missing = path.format(**{**ids, name: 999_999})
+    r2 = await api.client.request(method, missing, json=body, headers=intruder.headers)
+    assert (r2.status_code, r2.json()["error"]["code"]) == (404, code[name])
+    assert await _alert_snapshot(api, owner.headers, ids) == before
+    for headers in ({}, device.headers, {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"}):
+        r = await api.client.request(method, path.format(**ids), json=body, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+    r = await api.client.request(method, path.format(**ids), json=body, headers=owner.headers)
+    assert r.status_code in {200, 204}, r.text
+
+
+async def test_alert_lists_hide_other_users_alerts_and_devices(api: Api) -> None:
+    owner = await api.account()
+    intruder = await api.account()
+    device = await api.device(owner)
+    await _alerting(api, device)
+    for path in ("/api/v1/alerts", "/api/v1/alert-rules", "/api/v1/notification-channels"):
+        r = await api.client.get(path, headers=intruder.headers)
+        assert r.json()["items"] == [], path
+    r = await api.client.get(
+        "/api/v1/alerts", params={"device": device.id}, headers=intruder.headers
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "device_not_found")

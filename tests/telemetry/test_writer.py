@@ -49,7 +49,7 @@ async def test_concurrent_documents_are_group_committed(env: Any) -> None:
     writer = BatchWriter(env, offline_after_s=60)
     original = writer._write
 
-    async def counting(jobs: Any) -> tuple[set[str], list[str]]:
+    async def counting(jobs: Any) -> tuple[set[str], list[str], bool]:
         nonlocal flushes
         flushes += 1
         return await original(jobs)

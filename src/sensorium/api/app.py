@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from sensorium import __version__
+from sensorium.alerts.router import router as alerts_router
 from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep
 from sensorium.api.errors import error_response, error_responses, install_error_handlers
@@ -163,6 +164,7 @@ def create_app(
     api.include_router(fleet_csv_router, responses=documented)
     api.include_router(live_router, responses=documented)
     api.include_router(energy_router, responses=documented)
+    api.include_router(alerts_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())
     app.include_router(web_router)

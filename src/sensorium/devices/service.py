@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sensorium.alerts import engine as alerts
 from sensorium.db import epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.devices.schemas import DevicePublic, DeviceStatus
@@ -300,6 +301,10 @@ async def record_status(
     )
     if changed.first() is not None:
         session.add(DeviceStatusEvent(device_id=device_id, ts=now_ms, online=online, reason=reason))
+        if not online:
+            await alerts.device_offline(session, device_id=device_id, at_ms=now_ms)
+    if online:
+        await alerts.devices_back(session, device_ids=[device_id], at_ms=now_ms)
     await session.refresh(device)
     if transport is not None and online:
         device.transport = transport
@@ -342,6 +347,7 @@ async def mark_silent_devices_offline(
                 device_id=row.id, ts=row.offline_at_ms, online=False, reason="timeout"
             )
         )
+        await alerts.device_offline(session, device_id=row.id, at_ms=row.offline_at_ms)
     return [row.id for row in silent]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import BigInteger, func, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.alerts import engine as alerts
 from sensorium.config import Settings
 from sensorium.db import dialect_insert, epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceStatusEvent
@@ -61,6 +62,8 @@ class BatchWriter:
         bus: LiveBus | None = None,
         transport: str | None = None,
         on_online: Callable[[list[str]], None] | None = None,
+        evaluate_alerts: bool = True,
+        on_alerts: Callable[[], None] | None = None,
     ) -> None:
         self._factory = factory
         self._partitions = Partitions(factory.kw["bind"])
@@ -73,6 +76,10 @@ class BatchWriter:
         # where its commands go; `on_online` hears of devices this data brought online.
         self._transport = transport
         self._on_online = on_online
+        # Alert rules are evaluated in the same transaction as the points they see, so a
+        # crash leaves both or neither; `on_alerts` hears of alerts fired or cleared.
+        self._evaluate_alerts = evaluate_alerts
+        self._on_alerts = on_alerts
         self._key_ids: dict[str, int] = {}
         self._series = series.Cache()
         self._task: asyncio.Task[None] | None = None
@@ -158,7 +165,7 @@ class BatchWriter:
 
     async def _flush(self, jobs: list[_Job], *, retried: bool = False) -> None:
         try:
-            stored, came_online = await self._write(jobs)
+            stored, came_online, alerted = await self._write(jobs)
         except Exception as exc:
             # The staging table may have gone with the rolled-back transaction that made it.
             _staged.clear()
@@ -183,6 +190,8 @@ class BatchWriter:
                 )
         if came_online and self._on_online is not None:
             self._on_online(came_online)
+        if alerted and self._on_alerts is not None:
+            self._on_alerts()
         for job in jobs:
             if job.device_id in stored:
                 if not job.future.done():
@@ -221,9 +230,9 @@ class BatchWriter:
         async with self._factory() as session, session.begin():
             return await self._series.ids(session, pairs)
 
-    async def _write(self, jobs: list[_Job]) -> tuple[set[str], list[str]]:
-        """Store the jobs in one transaction; returns the device ids that still exist and
-        those that came online with this data."""
+    async def _write(self, jobs: list[_Job]) -> tuple[set[str], list[str], bool]:
+        """Store the jobs in one transaction; returns the device ids that still exist,
+        those that came online with this data, and whether alerts fired or cleared."""
         key_ids = await self._key_ids_for({r.key for job in jobs for r in job.readings})
         series_ids = await self._series_for(jobs, key_ids)
         stamps = [r.ts for job in jobs for r in job.readings]
@@ -272,7 +281,14 @@ class BatchWriter:
                     points[(sid, r.ts)] = r.value
             if points:
                 await self._store(session, points, owners)
-        return alive, online_now
+            alerted = False
+            if self._evaluate_alerts and alive:
+                by_device: dict[str, list[Reading]] = {}
+                for job in jobs:
+                    if job.device_id in alive:
+                        by_device.setdefault(job.device_id, []).extend(job.readings)
+                alerted = bool(await alerts.evaluate(session, by_device, now_ms=now_ms))
+        return alive, online_now, alerted
 
     async def _store(
         self, session: AsyncSession, points: dict[PointKey, float], owners: dict[int, Pair]

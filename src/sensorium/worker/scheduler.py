@@ -1,5 +1,5 @@
 """Periodic jobs of the worker: offline detection, command expiry, retention, partitions,
-the energy caches."""
+the energy caches, alert timers and notifications."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.aio import cancel_and_wait
+from sensorium.alerts.runner import AlertRunner
 from sensorium.config import Settings
 from sensorium.control import service as control
 from sensorium.db import epoch_ms
@@ -31,8 +32,11 @@ class Scheduler:
         retention_every_s: float = 3600.0,
         rollup_retention_days: int | None = None,
         bus: LiveBus | None = None,
+        alerts: AlertRunner | None = None,
     ) -> None:
         self._sessions = sessions
+        # Duration timers, silence, live alert events and notifications.
+        self.alerts = alerts
         self._partitions = Partitions(sessions.kw["bind"])
         self._rollup_retention_days = rollup_retention_days
         self._bus = bus
@@ -52,14 +56,19 @@ class Scheduler:
             retention_days=settings.raw_retention_days,
             rollup_retention_days=settings.rollup_retention_days,
             bus=bus,
+            alerts=AlertRunner(sessions, settings, bus=bus),
         )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
         # Long work of its own, so it never holds up offline detection or command expiry.
         self._energy_task = asyncio.create_task(self._precompute_energy(), name="energy-cache")
+        if self.alerts is not None:
+            await self.alerts.start()
 
     async def stop(self) -> None:
+        if self.alerts is not None:
+            await self.alerts.stop()
         await cancel_and_wait(self._energy_task)
         await cancel_and_wait(self._task)
         self._task = self._energy_task = None

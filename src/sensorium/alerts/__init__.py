@@ -1,0 +1,1 @@
+"""Alert rules, their evaluation as readings arrive, and notifications."""
