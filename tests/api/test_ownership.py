@@ -53,6 +53,11 @@ USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/alert-rules", None),
     ("POST", "/api/v1/alert-rules", {"name": "x", "scope": "all", "kind": "offline"}),
     ("GET", "/api/v1/alerts", None),
+    (
+        "POST",
+        "/api/v1/alert-rules/backtest",
+        {"scope": "all", "key": "t", "operator": ">", "threshold": 1},
+    ),
     ("GET", "/api/v1/notification-channels", None),
     ("POST", "/api/v1/notification-channels", {"name": "x", "kind": "email", "email": "a@b.cd"}),
 ]

@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from sensorium.alerts import engine, service
+from sensorium.alerts import backtest, engine, service
 from sensorium.alerts.models import AlertRule, Delivery, NotificationChannel
 from sensorium.alerts.schemas import (
     AckIn,
     AlertList,
     AlertPublic,
+    BacktestIn,
+    BacktestPublic,
     ChannelCreate,
     ChannelList,
     ChannelPublic,
@@ -98,6 +100,19 @@ async def create_rule(body: RuleCreate, user: CurrentUser, session: SessionDep) 
 async def list_rules(user: CurrentUser, session: SessionDep) -> RuleList:
     rules = await service.list_rules(session, owner=user)
     return RuleList(items=[await _rule_public(session, r) for r in rules])
+
+
+@router.post("/alert-rules/backtest")
+async def backtest_rule(body: BacktestIn, user: CurrentUser, session: SessionDep) -> BacktestPublic:
+    """How many times this threshold rule (saved or not) would have fired over the last 24 h
+    or 7 d of stored history, and when: the same state machine as live evaluation, fed from
+    rollups where a bucket decides its whole span and raw points elsewhere. Checked like
+    creating the rule; nothing is stored."""
+    spec = body.model_dump(exclude={"period"})
+    result = await backtest.backtest(
+        session, owner=user, spec=spec, period=body.period, now_ms=epoch_ms()
+    )
+    return BacktestPublic.model_validate(backtest.document(result))
 
 
 @router.get("/alert-rules/{rule_id}")

@@ -180,3 +180,44 @@ class DeliveryPublic(BaseModel):
 class DeliveryList(BaseModel):
     items: list[DeliveryPublic]
     next_before: int | None
+
+
+BacktestPeriod = Literal["24h", "7d"]
+
+
+class BacktestIn(RuleCreate):
+    """A rule as it would be created (saved or not), and the period to replay it over."""
+
+    name: str = Field("backtest", max_length=100)
+    period: BacktestPeriod = "24h"
+
+
+class BacktestFire(BaseModel):
+    device_id: str
+    device_name: str
+    at: str = Field(description="When the alert would have fired")
+    cleared_at: str | None = Field(description="When it would have cleared (none: still open)")
+
+
+class BacktestSources(BaseModel):
+    day_buckets: int
+    hour_buckets: int
+    minute_buckets: int
+    raw_points: int
+
+
+class BacktestPublic(BaseModel):
+    period: BacktestPeriod
+    start: str
+    end: str
+    count: int = Field(description="How many times the rule would have fired")
+    fires: list[BacktestFire] = Field(description="The first 50 of them, oldest first")
+    devices: int = Field(description="Devices replayed (at most 100)")
+    devices_total: int = Field(description="Devices in the rule's scope")
+    source: Literal["rollups", "raw", "mixed", "none"]
+    sources: BacktestSources = Field(
+        description="Rollup buckets that decided their whole span, and raw points read"
+    )
+    exact: bool = Field(
+        description="False when raw points the rollups still count were dropped by retention"
+    )
