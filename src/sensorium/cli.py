@@ -532,6 +532,10 @@ def simulate(
         bool,
         typer.Option(help="With --register: declare Relay/Blink controls for energy meters"),
     ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write the final summary as JSON to this file (for scripts)"),
+    ] = None,
 ) -> None:
     """Run simulated devices: realistic readings, status, last will, outages and backfill;
     they obey desired state and answer commands like the firmware."""
@@ -574,6 +578,7 @@ def simulate(
         password=password,
         from_file=from_file,
         out=out,
+        report=report,
     )
 
     async def main() -> None:

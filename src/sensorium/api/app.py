@@ -97,7 +97,9 @@ def create_app(
     if broker is not None:
         downlink = MqttDownlink(service_endpoint(ctx.settings, broker))
         ctx.control.downlink = downlink
-        mqtt = MqttServices(ctx.settings, ctx.sessions, broker, bus=ctx.bus, control=ctx.control)
+        mqtt = MqttServices(
+            ctx.settings, ctx.sessions, broker, bus=ctx.bus, control=ctx.control, embedded=embedded
+        )
         ctx.broker, ctx.provisioner = mqtt.outbox, mqtt.provisioner
         ctx.mqtt_port = broker.port
     elif ctx.settings.mqtt_url:

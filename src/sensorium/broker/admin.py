@@ -71,23 +71,31 @@ class DynsecAdmin:
             await self._client.__aexit__(exc_type, exc, tb)
 
     async def _read(self) -> None:
-        async for message in self._client.messages:
-            if not isinstance(message.payload, bytes | bytearray):
-                continue
-            for response in orjson.loads(message.payload).get("responses", []):
-                future = self._pending.pop(str(response.get("correlationData")), None)
-                if future is not None and not future.done():
-                    future.set_result(response)
+        try:
+            async for message in self._client.messages:
+                if not isinstance(message.payload, bytes | bytearray):
+                    continue
+                for response in orjson.loads(message.payload).get("responses", []):
+                    future = self._pending.pop(str(response.get("correlationData")), None)
+                    if future is not None and not future.done():
+                        future.set_result(response)
+        except aiomqtt.MqttError as exc:
+            # The broker went away: waiting commands fail now, not at their (long) timeout.
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(exc)
+            self._pending.clear()
+            raise
 
     async def execute(
-        self, commands: Sequence[Command], *, tolerate: bool = True
+        self, commands: Sequence[Command], *, tolerate: bool = True, timeout_s: float | None = None
     ) -> list[dict[str, Any]]:
         """Run commands in order; raise DynsecError on the first real failure.
 
         With `tolerate`, "already exists"/"not found" answers count as success, so a
         command list can be re-applied safely (the outbox and `broker sync` rely on it).
         """
-        responses = await self.run(commands)
+        responses = await self.run(commands, timeout_s=timeout_s)
         for response in responses:
             failure = self.failure(response, tolerate=tolerate)
             if failure is not None:
@@ -101,11 +109,16 @@ class DynsecAdmin:
             return DynsecError(response["command"], error)
         return None
 
-    async def run(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
+    async def run(
+        self, commands: Sequence[Command], *, timeout_s: float | None = None
+    ) -> list[dict[str, Any]]:
         """Send commands in one control message; their responses, in order, errors included.
-        (Mosquitto saves its dynsec file once per message: batching keeps bulk changes fast.)
+        (Mosquitto 2.0 saves its dynsec file after each change command, and answers the
+        whole message at once: `timeout_s` must allow for that; see `service.Pacing`.)
         """
         loop = asyncio.get_running_loop()
+        if self._reader is not None and self._reader.done():
+            raise aiomqtt.MqttError("the connection to the broker was lost")
         futures = []
         batch = []
         for command in commands:
@@ -115,7 +128,13 @@ class DynsecAdmin:
             futures.append(future)
             batch.append({**command, "correlationData": key})
         await self._client.publish(CONTROL_TOPIC, orjson.dumps({"commands": batch}), qos=1)
-        return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s))
+        try:
+            return list(
+                await asyncio.wait_for(asyncio.gather(*futures), timeout_s or self._timeout_s)
+            )
+        finally:
+            for key in {str(c["correlationData"]) for c in batch}:
+                self._pending.pop(key, None)
 
     async def list_clients(self) -> list[str]:
         [response] = await self.execute([{"command": "listClients", "verbose": False, "count": -1}])

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 from sensorium.protocol import downlink_topics, uplink_subscriptions
@@ -139,3 +142,75 @@ def initial_config(
             {"rolename": SERVICE_ROLE, "acls": service_acls()},
         ],
     }
+
+
+class DynsecFile:
+    """The dynsec file edited directly, while Mosquitto is stopped: the same end states as
+    the commands above, for any number of devices in one pass.
+
+    Mosquitto 2.0 rewrites its whole dynsec file after every change command, so provisioning
+    through the control topic costs O(accounts) per command and O(n²) for a fleet (measured:
+    3 ms a command at 100 devices, 23 ms at 1,000; 10,000 devices would take about an hour,
+    with the broker serving nobody during each save). A supervised broker can instead be
+    stopped, its file edited here, and started again.
+    """
+
+    def __init__(self, path: Path, document: dict[str, Any]) -> None:
+        self.path = path
+        self.document = document
+        self._clients: dict[str, dict[str, Any]] = {
+            c["username"]: c for c in document.setdefault("clients", [])
+        }
+        self._roles: dict[str, dict[str, Any]] = {
+            r["rolename"]: r for r in document.setdefault("roles", [])
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> DynsecFile:
+        return cls(path, json.loads(path.read_text()))
+
+    def upsert_device(self, device_id: str, token: str) -> None:
+        """createRole + createClient + setClientPassword + enableClient: the device's role
+        with exactly its ACLs, its client with this token, enabled."""
+        role = device_role(device_id)
+        self._roles[role] = {**self._roles.get(role, {}), "rolename": role}
+        self._roles[role]["acls"] = device_acls(device_id)
+        client = self._clients.setdefault(device_id, {"username": device_id})
+        client.pop("disabled", None)
+        # Exactly its own role, in no group: a left-over client keeps no other grants.
+        self._leave_groups(device_id)
+        client.update(
+            _hash_client(device_id, token),
+            clientid=device_id,
+            roles=[{"rolename": role, "priority": 0}],
+        )
+
+    def disable_device(self, device_id: str) -> bool:
+        """disableClient; False when there is no such client (nothing can log in as it)."""
+        client = self._clients.get(device_id)
+        if client is None:
+            return False
+        client["disabled"] = True
+        return True
+
+    def delete_device(self, device_id: str) -> None:
+        """deleteClient + deleteRole."""
+        self._clients.pop(device_id, None)
+        self._roles.pop(device_role(device_id), None)
+        self._leave_groups(device_id)
+
+    def _leave_groups(self, username: str) -> None:
+        # Mosquitto keeps group membership on the group ("clients"), not on the client.
+        for group in self.document.get("groups") or []:
+            members = group.get("clients") or []
+            group["clients"] = [m for m in members if m.get("username") != username]
+
+    def save(self) -> None:
+        """Atomically, readable only by the owner (the file holds password hashes)."""
+        self.document["clients"] = sorted(self._clients.values(), key=lambda c: c["username"])
+        self.document["roles"] = sorted(self._roles.values(), key=lambda r: r["rolename"])
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.document, out, indent=1)
+        os.replace(tmp, self.path)

@@ -9,14 +9,17 @@ persistent-session expiry left to the clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +88,9 @@ def free_port(host: str, preferred: int) -> int:
     """`preferred` when nobody listens on it, else a port the OS picks."""
     for port in (preferred, 0):
         with socket.socket() as sock:
+            # As Mosquitto binds: connections it closed (TIME_WAIT, for a minute after a
+            # restart with many devices) do not make its port look taken.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -186,12 +192,38 @@ def write_broker_files(
     return files
 
 
-def _die_with_parent() -> None:
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; the new soft limit.
+
+    Mosquitto holds a descriptor per connection and does not raise its own limit: with the
+    common default of 1,024 it refuses connections beyond about a thousand devices."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _prepare_child() -> None:
     """In the child before exec: on Linux, get SIGTERM when the server dies, however it
-    dies (kill -9 included), so no orphaned broker keeps the port."""
+    dies (kill -9 included), so no orphaned broker keeps the port; and as many open files
+    as the hard limit allows (one per connected device)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    raise_open_file_limit()
+
+
+def _open_file_limit(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return line.split()[3]
+    except OSError:
+        pass
+    return "?"
 
 
 class MosquittoSupervisor:
@@ -216,6 +248,9 @@ class MosquittoSupervisor:
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._paused = False
+        self._resume = asyncio.Event()
+        self._parked = asyncio.Event()
         self.restarts = 0
 
     @property
@@ -251,21 +286,64 @@ class MosquittoSupervisor:
             str(self.config),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare_child,
         )
-        log.info("mosquitto started (pid %s) on %s:%s", process.pid, self.host, self.port)
+        log.info(
+            "mosquitto started (pid %s) on %s:%s, open-file limit %s",
+            process.pid,
+            self.host,
+            self.port,
+            _open_file_limit(process.pid),
+        )
         return process
+
+    @contextlib.asynccontextmanager
+    async def stopped(self, timeout_s: float = 30.0) -> AsyncIterator[None]:
+        """Mosquitto stopped (SIGTERM: it saves its state) for the duration of the block,
+        then started again and listening; the supervisor does not count it as a crash."""
+        self._resume.clear()
+        self._parked.clear()
+        self._paused = True
+        try:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._terminate_until_parked(signal.SIGTERM)
+            except TimeoutError:
+                async with asyncio.timeout(timeout_s):
+                    await self._terminate_until_parked(signal.SIGKILL)
+            yield
+        finally:
+            self._paused = False
+            self._resume.set()
+        await self.wait_ready(timeout_s)
+
+    async def _terminate_until_parked(self, sig: signal.Signals) -> None:
+        """Signal the broker until the supervising loop has seen it exit and waits (it may
+        be between a crash and its restart: the process it starts next gets the signal)."""
+        while not self._parked.is_set():
+            process = self._process
+            if process is not None and process.returncode is None:
+                process.send_signal(sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._parked.wait(), 0.5)
 
     async def _run(self) -> None:
         delay = self._restart_delay_s
         loop = asyncio.get_running_loop()
         while not self._stopping:
+            if self._paused:
+                self._parked.set()
+                await self._resume.wait()
+                continue
             started = loop.time()
             self._process = await self._spawn()
             await self._forward_log(self._process)
             code = await self._process.wait()
             if self._stopping:
                 break
+            if self._paused:
+                log.info("mosquitto stopped to edit its files (exit %s)", code)
+                continue
             self.restarts += 1
             if loop.time() - started >= HEALTHY_RUN_S:
                 # It ran fine before this exit: restart at once, back off only on crash loops.
@@ -285,6 +363,7 @@ class MosquittoSupervisor:
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping = True
+        self._resume.set()
         process = self._process
         if process is not None and process.returncode is None:
             # SIGTERM makes Mosquitto write its persistence snapshot before exiting.

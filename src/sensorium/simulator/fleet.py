@@ -211,6 +211,8 @@ class SimDevice:
         self.reboots = 0
         self.booted = False
         self.offline = False
+        # Loop time of the first accepted connection (None until then).
+        self.first_connected_at: float | None = None
         self._rng = random.Random(f"sensorium-sim/{config.seed}/{spec.device_id}/device")
         self._rssi = self._rng.randint(-85, -45)
         self._heap = self._rng.randint(90_000, 160_000)
@@ -292,6 +294,8 @@ class SimDevice:
                     self.control.reconnected()
                     await self.link.connect()
                     self.stats.connects += 1
+                    if self.first_connected_at is None:
+                        self.first_connected_at = loop.time()
                     await self._send_status(now)
                 except LinkError as exc:
                     self.stats.errors[exc.kind] += 1
@@ -647,6 +651,15 @@ class Fleet:
             reboots=stats.reboots,
             errors=dict(stats.errors),
         )
+
+    def first_connect_s(self) -> list[float]:
+        """Seconds from the fleet's start to each device's first accepted connection, for
+        the devices that got one, in boot order."""
+        return [
+            d.first_connected_at - self.started_at
+            for d in self.devices
+            if d.first_connected_at is not None
+        ]
 
     def points_sent_by_device(self) -> dict[str, int]:
         return {d.device_id: d.points_sent for d in self.devices}

@@ -9,12 +9,14 @@ import resource
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,6 +62,8 @@ class SimulateOptions:
     handle_signals: bool = True
     # Declare dashboard controls for the devices with a relay (needs --api, --user).
     declare_controls: bool = False
+    # Where to write the final summary as JSON (for scripts and benchmarks).
+    report: Path | None = None
 
 
 class SimulateError(RuntimeError):
@@ -142,6 +146,8 @@ async def simulate(options: SimulateOptions, console: Console) -> Summary:
         handle_signals=options.handle_signals,
     )
     print_summary(summary, console)
+    if options.report is not None:
+        options.report.write_bytes(orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2))
     return summary
 
 
@@ -318,6 +324,29 @@ class Summary:
     elapsed_s: float
     interrupted: bool
     cpu_s: float = 0.0
+    # Seconds from the start to each device's first accepted connection (boot order).
+    first_connect_s: tuple[float, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """What `--report` writes: the counters, and when the devices first connected."""
+        snap = self.snapshot
+        times = sorted(self.first_connect_s)
+        report: dict[str, Any] = {
+            "elapsed_s": round(self.elapsed_s, 3),
+            "interrupted": self.interrupted,
+            "cpu_s": round(self.cpu_s, 3),
+            **{k: v for k, v in asdict(snap).items() if k != "errors"},
+            "errors": dict(snap.errors),
+            "first_connected": len(times),
+        }
+        if times:
+            report["first_connect_s"] = {
+                "p50": round(times[len(times) // 2], 3),
+                "p90": round(times[min(len(times) - 1, int(len(times) * 0.9))], 3),
+                "p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+                "max": round(times[-1], 3),
+            }
+        return report
 
 
 async def run_fleet(
@@ -368,6 +397,7 @@ async def run_fleet(
         time.monotonic() - started,
         interrupted,
         cpu_s=time.process_time() - cpu_started,
+        first_connect_s=tuple(fleet.first_connect_s()),
     )
 
 
@@ -451,6 +481,13 @@ def print_summary(summary: Summary, console: Console) -> None:
         "ran", f"{summary.elapsed_s:,.1f} s" + (" (interrupted)" if summary.interrupted else "")
     )
     table.add_row("devices", f"{snap.devices:,} ({snap.connects:,} connections made)")
+    if summary.first_connect_s:
+        first = summary.first_connect_s
+        table.add_row(
+            "first connect",
+            f"{len(first):,} of {snap.devices:,} devices, the last {max(first):,.1f} s "
+            "after the start",
+        )
     table.add_row(
         "telemetry",
         f"{snap.telemetry_messages:,} messages, {snap.backfill_messages:,} of them backfill "

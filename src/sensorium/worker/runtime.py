@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.broker.dynsec import DynsecFile
 from sensorium.broker.endpoint import MqttEndpoint, parse_mqtt_url
 from sensorium.broker.mosquitto import (
     BrokerFiles,
@@ -61,12 +63,15 @@ class EmbeddedBroker:
         self._settings = settings
         self.supervisor: MosquittoSupervisor | None = None
         self.address: BrokerAddress | None = None
+        self.files: BrokerFiles | None = None
 
     async def start(self) -> BrokerAddress:
         settings = self._settings
         host = settings.mqtt_embedded_host
         port = free_port(host, settings.mqtt_embedded_port)
-        files = broker_files(settings, settings.data_dir / "mosquitto", host=host, port=port)
+        files = self.files = broker_files(
+            settings, settings.data_dir / "mosquitto", host=host, port=port
+        )
         self.supervisor = MosquittoSupervisor(
             find_mosquitto(settings.mosquitto_binary), files.config, host=host, port=port
         )
@@ -77,6 +82,21 @@ class EmbeddedBroker:
     async def stop(self) -> None:
         if self.supervisor is not None:
             await self.supervisor.stop()
+
+    async def rewrite_dynsec(self, edit: Callable[[DynsecFile], None]) -> None:
+        """Stop Mosquitto, edit its dynsec file, start it again (bulk provisioning)."""
+        assert self.supervisor is not None
+        assert self.files is not None
+        path = self.files.dynsec
+
+        def rewrite() -> None:
+            file = DynsecFile.load(path)
+            edit(file)
+            file.save()
+
+        async with self.supervisor.stopped():
+            # Thousands of password hashes and a large JSON file: not on the event loop.
+            await asyncio.to_thread(rewrite)
 
 
 def broker_address(settings: Settings) -> BrokerAddress:
@@ -102,6 +122,7 @@ class MqttServices:
         shared: bool = False,
         bus: LiveBus,
         control: ControlPlane | None = None,
+        embedded: EmbeddedBroker | None = None,
     ) -> None:
         (admin_user, admin_pw), _service = settings.mqtt_credentials()
         # `sensorium worker` publishes to devices through its own connection; in `serve`
@@ -113,7 +134,11 @@ class MqttServices:
         self.control = control
         self.outbox = Outbox(settings.resolved_secret_key())
         self.provisioner = BrokerProvisioner(
-            sessions, MqttEndpoint(address.host, address.port, admin_user, admin_pw), self.outbox
+            sessions,
+            MqttEndpoint(address.host, address.port, admin_user, admin_pw),
+            self.outbox,
+            # Our own Mosquitto: a large backlog goes straight into its file.
+            rewrite=embedded.rewrite_dynsec if embedded is not None else None,
         )
         self.writer: BatchWriter | None = None
         self.ingest: MqttIngest | None = None
