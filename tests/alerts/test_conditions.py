@@ -99,3 +99,69 @@ def test_a_late_contrary_point_inside_the_window_restarts_it() -> None:
     assert (state.phase, state.since_ms, state.due_ms, state.false_ts) == ("pending", 8, 18, 6)
     assert run(CO2, 10, [(12, 1300)], state) == []
     assert run(CO2, 10, [(18, 1300)], state) == [Transition("fire", 18, 1300)]
+
+
+def test_a_late_point_moves_a_firing_window_back() -> None:
+    """Two workers commit out of order: the point at 16 fires (window from 6) before the
+    ones at 4 and 5 are seen; 5 moves the mark back to 15, 3 is before the contrary 4."""
+    state = Phase()
+    fired = run(CO2, 10, [(2, 900), (6, 1300), (16, 1300)], state)
+    assert fired == [Transition("fire", 16, 1300)]
+    assert run(CO2, 10, [(4, 900)], state) == []
+    assert state.false_ts == 4
+    assert run(CO2, 10, [(5, 1300)], state) == [Transition("fire", 15, 1300, earlier=True)]
+    assert (state.phase, state.since_ms, state.due_ms) == ("firing", 5, 15)
+    assert run(CO2, 10, [(3, 1300), (5, 1300), (7, 1300)], state) == []
+    assert (state.phase, state.since_ms, state.due_ms) == ("firing", 5, 15)
+    # Once cleared, late points change nothing.
+    assert run(CO2, 10, [(20, 900)], state) == [Transition("clear", 20, 900)]
+    assert run(CO2, 10, [(1, 1300), (19, 1300)], state) == []
+
+
+def test_a_late_contrary_point_before_the_window_blocks_extending_it() -> None:
+    state = Phase()
+    run(CO2, 10, [(1, 900), (6, 1300)], state)
+    assert run(CO2, 10, [(4, 900)], state) == []
+    assert run(CO2, 10, [(3, 1300), (5, 1300)], state) == []
+    assert (state.phase, state.since_ms, state.due_ms, state.false_ts) == ("pending", 5, 15, 4)
+
+
+def _mark(points: list[tuple[int, float]], batches: list[list[int]]) -> list[int]:
+    """The alert times after applying `batches` of point indexes (each batch late points
+    first, then fresh ones, as the engine does), "earlier" moving the open alert back."""
+    state = Phase()
+    marks: list[int] = []
+    for batch in batches:
+        newest = state.last_ts
+        chosen = sorted(points[i] for i in batch)
+        late = [p for p in chosen if newest is not None and p[0] <= newest]
+        fresh = [p for p in chosen if newest is None or p[0] > newest]
+        for ts, value in late + fresh:
+            t = step(Condition(">", 1200), 10_000, state, ts, value)
+            if t is not None and t.earlier:
+                marks[-1] = min(marks[-1], t.at_ms)
+            elif t is not None and t.kind == "fire":
+                marks.append(t.at_ms)
+    return marks
+
+
+def test_two_workers_in_any_order_fire_at_the_in_order_mark() -> None:
+    """Below for 5 s, then above: whichever way two workers split the points, batch them
+    and interleave their commits, the one alert ends at 15 s (as if in order)."""
+    import random
+
+    points = [(i * 1000, 1300.0 if i >= 5 else 900.0) for i in range(30)]
+    assert _mark(points, [[i] for i in range(30)]) == [15_000]
+    rng = random.Random(8)
+    for _ in range(3000):
+        workers: list[list[list[int]]] = [[], []]
+        for i in range(30):
+            mine = workers[rng.random() < 0.5]
+            if not mine or rng.random() < 0.4:
+                mine.append([])
+            mine[-1].append(i)
+        batches: list[list[int]] = []
+        while workers[0] or workers[1]:
+            pick = rng.random() < 0.5 if workers[0] and workers[1] else bool(workers[1])
+            batches.append(workers[pick].pop(0))
+        assert _mark(points, batches) == [15_000], batches

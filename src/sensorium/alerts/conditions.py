@@ -77,6 +77,10 @@ class Transition:
     kind: Literal["fire", "clear"]
     at_ms: int
     value: float
+    # A fire of a condition already firing: a late point showed it began before it was
+    # thought to, and `at_ms` is the earlier mark the open alert moves back to. (Taken
+    # for a new fire, it is harmless: the open alert stays as it is.)
+    earlier: bool = False
 
 
 def step(
@@ -112,18 +116,23 @@ def _late(
     condition: Condition, duration_ms: int, state: Phase, ts: int, value: float
 ) -> Transition | None:
     """A point older than the newest one seen (two workers committed a device's points out
-    of order, or a device backfills). It matters only to a pending window: if it holds
-    and comes after the last point that did not, the window started earlier; if it does
-    not hold and falls inside the window, the window starts again. A point seen before
-    changes nothing, so a redelivered message is harmless."""
-    if state.phase != PENDING or state.since_ms is None:
+    of order, or a device backfills). A contrary one is remembered (no later point may
+    extend a window back across it); inside a pending window it starts the window again.
+    One that holds, after the last contrary point and before the window began, moves the
+    window's start back: a pending window may now be complete, and a firing one fired
+    earlier than it was opened (an `earlier` fire: the open alert's time moves back; the
+    alert fired on the points it had, and it stays). A point seen before changes nothing, so a
+    redelivered message is harmless."""
+    if state.phase == IDLE or state.since_ms is None:
+        if not condition.holds(value):
+            state.false_ts = max(state.false_ts or ts, ts)
         return None
     assert state.last_ts is not None
     if not condition.holds(value):
-        if ts >= state.since_ms:
+        state.false_ts = max(state.false_ts or ts, ts)
+        if state.phase == PENDING and ts >= state.since_ms:
             # A contrary point inside the window: it starts again after it, at the
             # newest point (the ones in between are not known here).
-            state.false_ts = max(state.false_ts or ts, ts)
             if ts == state.last_ts:
                 state.phase, state.since_ms, state.due_ms = IDLE, None, None
             else:
@@ -132,6 +141,8 @@ def _late(
     if ts >= state.since_ms or (state.false_ts is not None and ts <= state.false_ts):
         return None
     state.since_ms, state.due_ms = ts, ts + duration_ms
+    if state.phase == FIRING:
+        return Transition("fire", state.due_ms, value, earlier=True)
     if state.last_ts >= state.due_ms:
         # The newer points that held already cover the whole duration.
         state.phase = FIRING

@@ -233,6 +233,40 @@ async def clear_alert(
     return True
 
 
+async def _fired_earlier(
+    session: AsyncSession, *, rule: AlertRule, device_id: str, at_ms: int
+) -> None:
+    """A late point moved a firing condition's start back (two workers committed the
+    device's points out of order): the open alert's time becomes the earlier mark, as if
+    the points had come in order. Notifications not yet sent say so too."""
+    result = await session.execute(
+        update(Alert)
+        .where(
+            Alert.rule_id == rule.id,
+            Alert.device_id == device_id,
+            Alert.state.in_(OPEN_STATES),
+            Alert.fired_ms > at_ms,
+        )
+        .values(fired_ms=at_ms, live_pending=True)
+        .returning(Alert.id)
+    )
+    alert_id = result.scalar()
+    if alert_id is None:
+        return
+    unsent = await session.scalars(
+        select(Delivery).where(
+            Delivery.alert_id == alert_id,
+            Delivery.event == "fired",
+            Delivery.status == D_PENDING,
+            Delivery.attempts == 0,
+        )
+    )
+    for delivery in unsent:
+        payload = dict(delivery.payload)
+        payload["alert"] = {**payload["alert"], "fired_at": iso_ms(at_ms)}
+        delivery.payload = payload
+
+
 # --- streaming evaluation (the batch writer) ---------------------------------------------
 
 
@@ -290,13 +324,17 @@ async def evaluate(
         # Older points first (they can only extend a pending window), then newer ones.
         late = sorted((ts, v) for ts, v in points.items() if newest is not None and ts <= newest)
         fresh = sorted((ts, v) for ts, v in points.items() if newest is None or ts > newest)
-        before = (state.phase, state.since_ms)
+        before = (state.phase, state.since_ms, state.false_ts)
         condition = condition_of(rule)
         for ts, value in late + fresh:
             transition = step(condition, rule.duration_s * 1000, state, ts, value)
             if transition is None:
                 continue
-            if transition.kind == "fire":
+            if transition.earlier:
+                await _fired_earlier(
+                    session, rule=rule, device_id=device_id, at_ms=transition.at_ms
+                )
+            elif transition.kind == "fire":
                 if await open_alert(
                     session,
                     rule=rule,
@@ -313,7 +351,7 @@ async def evaluate(
                 value=transition.value,
             ):
                 changes.cleared += 1
-        if not fresh and (state.phase, state.since_ms) == before:
+        if not fresh and (state.phase, state.since_ms, state.false_ts) == before:
             continue
         row = {
             "device_id": device_id,

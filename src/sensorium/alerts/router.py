@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import StreamingResponse
 
-from sensorium.alerts import backtest, engine, service
+from sensorium.alerts import backtest, engine, live, service
 from sensorium.alerts.models import AlertRule, Delivery, NotificationChannel
 from sensorium.alerts.schemas import (
     AckIn,
@@ -166,6 +167,22 @@ async def list_alerts(
     )
     public = [AlertPublic.model_validate(a) for a in items]
     return AlertList(items=public, next_before=public[-1].id if len(public) == limit else None)
+
+
+@router.get("/alerts/events", response_class=StreamingResponse)
+async def alert_events(
+    user: CurrentUser, session: SessionDep, ctx: ContextDep
+) -> StreamingResponse:
+    """Server-Sent Events: `count` (`{"active": n}`, unacknowledged alerts) first, then an
+    `alert` event (`{"alert": {...}, "active": n}`) for each transition of an alert of your
+    devices: fired, acknowledged, cleared."""
+    devices = await live.owned_devices(session, owner_id=user.id)
+    await session.close()  # do not hold a connection for the life of the stream
+    return StreamingResponse(
+        live.stream(ctx.sessions, ctx.bus, owner_id=user.id, devices=devices),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/alerts/{alert_id}")

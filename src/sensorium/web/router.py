@@ -13,6 +13,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from sensorium.alerts import engine as alert_engine
+from sensorium.alerts import service as alerts
 from sensorium.api.context import AppContext
 from sensorium.api.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, check_csrf
 from sensorium.db import epoch_ms
@@ -259,7 +261,12 @@ async def device_page(request: Request, device_id: str, session: SessionDep) -> 
     now = epoch_ms()
     latest = await telemetry.latest_many(session, device_ids=[device.id])
     view = {**_device_view(device, now), "latest": latest[device.id]}
-    return _render(request, "device.html", user=user, device=view, now_ms=now)
+    open_alerts = await alerts.list_alerts(
+        session, owner=user, device_id=device.id, state="open", limit=50
+    )
+    return _render(
+        request, "device.html", user=user, device=view, now_ms=now, open_alerts=open_alerts
+    )
 
 
 @router.post("/devices/{device_id}/settings")
@@ -299,3 +306,112 @@ async def delete_device(
     ctx.device_tokens.forget_device(device_id)
     ctx.broker_changed()
     return _redirect("/")
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+ALERT_STATES = ("open", "active", "acknowledged", "cleared")
+SEVERITIES = ("info", "warning", "critical")
+
+
+async def _device_choices(session: Any, user: User) -> list[dict[str, str]]:
+    rows, _total = await devices.list_devices(session, owner=user, limit=500)
+    return [{"id": d.id, "name": d.name} for d in rows]
+
+
+@router.get("/alerts")
+async def alerts_page(
+    request: Request,
+    session: SessionDep,
+    state: str = "open",
+    severity: str = "",
+    device: str = "",
+) -> Response:
+    """Alerts, newest first, filtered by state, severity and device (a GET form: the filters
+    are in the address, so a filtered list can be bookmarked)."""
+    user = await _user(request, session)
+    choices = await _device_choices(session, user)
+    filters = {
+        "state": state if state in ALERT_STATES else "",
+        "severity": severity if severity in SEVERITIES else "",
+        "device": device if device in {d["id"] for d in choices} else "",
+    }
+    items = await alerts.list_alerts(
+        session,
+        owner=user,
+        state=filters["state"] or None,
+        severity=filters["severity"] or None,
+        device_id=filters["device"] or None,
+        limit=200,
+    )
+    return _render(
+        request, "alerts.html", user=user, alerts=items, filters=filters, devices=choices,
+        states=ALERT_STATES, severities=SEVERITIES,
+    )  # fmt: skip
+
+
+def _rule_view(rule: Any, links: tuple[list[str], list[int]]) -> dict[str, Any]:
+    return {
+        "id": rule.id, "name": rule.name, "kind": rule.kind, "scope": rule.scope,
+        "devices": links[0], "channels": links[1], "key": rule.key, "operator": rule.operator,
+        "threshold": rule.threshold, "low": rule.low, "high": rule.high,
+        "clear_threshold": rule.clear_threshold, "duration_s": rule.duration_s,
+        "severity": rule.severity, "enabled": rule.enabled,
+        "summary": alert_engine.rule_summary(rule),
+    }  # fmt: skip
+
+
+@router.get("/alerts/rules")
+async def rules_page(request: Request, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    rules = [
+        _rule_view(r, await alerts.rule_links(session, r.id))
+        for r in await alerts.list_rules(session, owner=user)
+    ]
+    names = {d["id"]: d["name"] for d in await _device_choices(session, user)}
+    return _render(request, "alert_rules.html", user=user, rules=rules, device_names=names)
+
+
+async def _editor(
+    request: Request, session: Any, user: User, rule: dict[str, Any] | None
+) -> Response:
+    channels = [
+        {"id": c.id, "name": c.name, "kind": c.kind}
+        for c in await alerts.list_channels(session, owner=user)
+    ]
+    choices = await _device_choices(session, user)
+    latest = await telemetry.latest_many(session, device_ids=[d["id"] for d in choices])
+    keys = sorted({key for values in latest.values() for key in values})
+    return _render(
+        request, "alert_rule.html", user=user, rule=rule, devices=choices, channels=channels,
+        keys=keys,
+    )  # fmt: skip
+
+
+@router.get("/alerts/rules/new")
+async def new_rule_page(request: Request, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    return await _editor(request, session, user, None)
+
+
+@router.get("/alerts/rules/{rule_id}")
+async def rule_page(request: Request, rule_id: int, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    try:
+        rule = await alerts.get_rule(session, owner=user, rule_id=rule_id)
+    except SensoriumError:
+        return _render(request, "not_found.html", 404, user=user)
+    return await _editor(
+        request, session, user, _rule_view(rule, await alerts.rule_links(session, rule.id))
+    )
+
+
+@router.get("/alerts/channels")
+async def channels_page(request: Request, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    channels = [
+        {"id": c.id, "name": c.name, "kind": c.kind, "url": c.url, "email": c.email,
+         "enabled": c.enabled}
+        for c in await alerts.list_channels(session, owner=user)
+    ]  # fmt: skip
+    return _render(request, "alert_channels.html", user=user, channels=channels)
