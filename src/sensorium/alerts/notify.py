@@ -131,6 +131,19 @@ class Dispatcher:
                 return []
             channel = await session.get(NotificationChannel, channel_id, populate_existing=True)
             assert channel is not None
+            if not channel.enabled:
+                # Nothing goes out, now or later (held ones too: else the channel would be
+                # claimed again every tick for ever).
+                unsent = await session.scalars(
+                    select(Delivery).where(
+                        Delivery.channel_id == channel_id,
+                        Delivery.status.in_((D_PENDING, D_SENDING, D_HELD)),
+                        Delivery.next_ms <= now_ms,
+                    )
+                )
+                for d in unsent:
+                    d.status, d.done_ms, d.last_error = D_FAILED, now_ms, "channel disabled"
+                return []
             due = list(
                 await session.scalars(
                     select(Delivery)
@@ -142,10 +155,6 @@ class Dispatcher:
                     .order_by(Delivery.id)
                 )
             )
-            if not channel.enabled:
-                for d in due:
-                    d.status, d.done_ms, d.last_error = D_FAILED, now_ms, "channel disabled"
-                return []
             sent = await session.scalar(
                 select(func.count())
                 .select_from(Delivery)
