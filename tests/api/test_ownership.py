@@ -53,6 +53,7 @@ USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/alert-rules", None),
     ("POST", "/api/v1/alert-rules", {"name": "x", "scope": "all", "kind": "offline"}),
     ("GET", "/api/v1/alerts", None),
+    ("GET", "/api/v1/alerts/events", None),
     (
         "POST",
         "/api/v1/alert-rules/backtest",
