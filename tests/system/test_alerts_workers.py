@@ -160,7 +160,11 @@ async def pending(
 
 
 async def fired_once(
-    sessions: async_sessionmaker[AsyncSession], rule_id: int, receiver: WebhookReceiver
+    sessions: async_sessionmaker[AsyncSession],
+    rule_id: int,
+    receiver: WebhookReceiver,
+    *,
+    attempts: int = 1,
 ) -> tuple[Alert, Delivery]:
     """Wait for the rule's alert and its notification; then check that, a few scheduler
     ticks later, there is still exactly one of each."""
@@ -172,7 +176,7 @@ async def fired_once(
     assert await eventually(sent, timeout_s=30), await alerts_of(sessions, rule_id)
     await asyncio.sleep(1.0)
     [(alert, [delivery])] = await alerts_of(sessions, rule_id)
-    assert (alert.state, delivery.event, delivery.attempts) == ("active", "fired", 1)
+    assert (alert.state, delivery.event, delivery.attempts) == ("active", "fired", attempts)
     assert [r.document["alert"]["id"] for r in receiver.accepted()].count(alert.id) == 1
     return alert, delivery
 
@@ -279,3 +283,48 @@ async def test_two_shared_workers_open_one_alert_and_send_one_notification(
         assert len(receiver.accepted()) == 2
         assert all(r.verified for r in receiver.requests)
         assert [workers.procs[n].poll() for n in ("w1", "w2")] == [None, None]
+
+
+async def test_a_worker_killed_while_sending_a_webhook_sends_it_again_after_its_lease(
+    api: Api,
+    broker: EmbeddedBroker,
+    workers: Workers,
+    devices: list[Device],
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The receiver holds the first request; the worker dies with it in flight. The
+    delivery stays claimed until its lease (3 x the send timeout) runs out, then the
+    restarted worker sends it again with the same delivery id: once more, not twice more."""
+    workers.env["SENSORIUM_ALERT_SEND_TIMEOUT_S"] = "2"
+    owner = await api.account()
+    reg = await api.device(owner)
+    async with webhook_receiver(hang_first=1) as receiver:
+        channel = await channel_for(api, owner, receiver)
+        rule = await co2_rule(api, owner, reg.id, channel, duration_s=0)
+        workers.start("w1", "--no-shared")
+        await ready(workers, "w1")
+        device = await connected(broker, devices, reg)
+        await publish(device, [{"ts": epoch_ms(), "values": {"co2": 1500}}])
+
+        async def in_flight() -> bool:
+            return len(receiver.requests) == 1
+
+        assert await eventually(in_flight, timeout_s=30)
+        workers.kill("w1")
+        receiver.release.set()
+        [(alert, [delivery])] = await alerts_of(sessions, rule)
+        assert (delivery.status, delivery.attempts) == ("sending", 1)
+        lease_end = delivery.next_ms
+
+        workers.start("w1", "--no-shared")
+        _alert, done = await fired_once(sessions, rule, receiver, attempts=2)
+        assert (done.id, done.attempts, done.status) == (delivery.id, 2, "succeeded")
+        assert done.first_try_ms == delivery.first_try_ms
+        first, second = receiver.requests
+        assert (first.status, second.status) == (0, 200)
+        assert first.delivery == second.delivery == str(delivery.id)
+        assert first.body == second.body
+        assert second.document["alert"]["id"] == alert.id
+        # Not before the lease ran out (the server's clock, as the claim used).
+        assert done.done_ms is not None
+        assert done.done_ms >= lease_end
