@@ -177,6 +177,7 @@ def _merge(ranges: Iterable[Range]) -> list[Range]:
 
 
 def _chunks(ranges: Sequence[Range]) -> Iterable[Sequence[Range]]:
+    """Consecutive runs of the (sorted) ranges, one statement each."""
     for i in range(0, len(ranges), _CHUNK):
         yield ranges[i : i + _CHUNK]
 
@@ -209,6 +210,11 @@ async def history(
                     Rollup.device == device,
                     Rollup.key_id == key_id,
                     Rollup.grain == grain,
+                    # The overall bounds keep the index range to the chunk's span when the
+                    # planner does not seek each range (SQLite reads the whole series'
+                    # buckets of the grain otherwise: a year is 525,600 minutes).
+                    Rollup.bucket >= chunk[0][0],
+                    Rollup.bucket < chunk[-1][1],
                     or_(*(and_(Rollup.bucket >= a, Rollup.bucket < b) for a, b in chunk)),
                 )
             )  # fmt: skip
@@ -234,6 +240,8 @@ async def history(
             raw = await session.execute(
                 select(Point.ts, Point.value).where(
                     Point.series == series_id,
+                    Point.ts >= chunk[0][0],
+                    Point.ts < chunk[-1][1],
                     or_(*(and_(Point.ts >= a, Point.ts < b) for a, b in chunk)),
                 )
             )
