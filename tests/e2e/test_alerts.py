@@ -14,6 +14,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from sensorium.db import epoch_ms
+from tests.alerts.receivers import eventually, webhook_receiver
 from tests.e2e.conftest import SCREENSHOTS, ConsoleErrors
 from tests.helpers import Account, Api, RegisteredDevice
 
@@ -245,18 +246,47 @@ async def test_channels_show_the_secret_once_and_the_delivery_log(
     r = await http.get("/api/v1/notification-channels", headers=owner.headers)
     assert r.json()["items"] == []
 
-    await form.get_by_label("URL").fill("https://example.com/hook")
-    await form.get_by_role("button", name="Add channel").click()
-    secret = page.locator("#secret-value")
-    await expect(page.locator("#new-secret")).to_be_visible()
-    assert (await secret.text_content() or "").startswith("whsec_")
-    await page.get_by_role("link", name="Done").click()
-    channel = page.locator("#channel-list .channel")
-    await expect(channel).to_have_count(1)
-    await expect(channel).to_contain_text("https://example.com/hook")
-    assert "whsec_" not in await page.content()
-    await channel.get_by_role("button", name="Delivery log").click()
-    await expect(channel.locator('[data-role="log"]')).to_contain_text("Nothing sent yet.")
+    async with webhook_receiver() as receiver:
+        await form.get_by_label("URL").fill(receiver.url)
+        await form.get_by_role("button", name="Add channel").click()
+        await expect(page.locator("#new-secret")).to_be_visible()
+        shown = await page.locator("#secret-value").text_content() or ""
+        assert shown.startswith("whsec_")
+        # The receiver checks every request's signature with the secret the page showed.
+        receiver.secret = shown
+        await page.get_by_role("link", name="Done").click()
+        channel = page.locator("#channel-list .channel")
+        await expect(channel).to_have_count(1)
+        await expect(channel).to_contain_text(receiver.url)
+        assert shown not in await page.content()
+        log = channel.locator('[data-role="log"]')
+        await channel.get_by_role("button", name="Delivery log").click()
+        await expect(log).to_contain_text("Nothing sent yet.")
+        await channel.get_by_role("button", name="Delivery log").click()
+        await expect(log).to_be_hidden()
+
+        # An alert of a rule notifying it is delivered, signed, and logged as such.
+        [made] = (await http.get("/api/v1/notification-channels", headers=owner.headers)).json()[
+            "items"
+        ]
+        device = await api.device(owner, name="Freezer")
+        await rule(
+            http, owner, name="Too warm", scope="all", key="temp", operator=">", threshold=-10,
+            channels=[made["id"]],
+        )  # fmt: skip
+        await send(api, device, {"temp": -4})
+
+        async def delivered() -> list[Any]:
+            return receiver.accepted()
+
+        [request] = await eventually(delivered)
+        assert request.verified
+        assert request.headers["x-sensorium-event"] == "fired"
+        await channel.get_by_role("button", name="Delivery log").click()
+        row = log.locator("tbody tr")
+        await expect(row).to_have_count(1)
+        await expect(row).to_contain_text("fired")
+        await expect(row.locator(".badge")).to_have_text("succeeded")
 
     await form.get_by_label("Name").fill("Ops mail")
     await form.get_by_role("radio", name="E-mail").check()
