@@ -213,6 +213,23 @@ async def test_rule_editor_backtests_as_it_is_edited_and_saves(
     await expect(page.get_by_label("For at least")).to_have_value("5")
     await expect(page.get_by_label("Unit")).to_have_value("60")
     await expect(day).to_have_text("1 time")
+    # A range over all devices: low and high replace the threshold (and its clear value).
+    # Outside 950..1280: the 900s and the 1300s both count; 1250 ends the first, and the
+    # last 900s held 5 minutes by the end of the data.
+    await page.get_by_label("All my devices").check()
+    await page.get_by_label("Condition").select_option("outside")
+    await expect(page.get_by_label("Threshold", exact=True)).to_be_hidden()
+    await expect(page.get_by_label("Clear at (optional)")).to_be_hidden()
+    await page.get_by_label("Low", exact=True).fill("950")
+    await page.get_by_label("High", exact=True).fill("1280")
+    await expect(day).to_have_text("2 times")
+    ranged = {"scope": "all", "key": "co2", "operator": "outside", "low": 950, "high": 1280,
+              "duration_s": 300}  # fmt: skip
+    r = await http.post("/api/v1/alert-rules/backtest", json=ranged, headers=owner.headers)
+    assert r.json()["count"] == 2
+    await page.get_by_label("One device").check()
+    await page.get_by_label("Condition").select_option(">")
+    await expect(day).to_have_text("1 time")
     await page.get_by_label("Threshold", exact=True).fill("1280")
     await page.get_by_role("button", name="Save rule").click()
     await expect(page.get_by_role("heading", name="Alert rules")).to_be_visible()

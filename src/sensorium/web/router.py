@@ -312,6 +312,7 @@ async def delete_device(
 
 ALERT_STATES = ("open", "active", "acknowledged", "cleared")
 SEVERITIES = ("info", "warning", "critical")
+ALERTS_SHOWN = 200
 
 
 async def _device_choices(session: Any, user: User) -> list[dict[str, str]]:
@@ -342,11 +343,11 @@ async def alerts_page(
         state=filters["state"] or None,
         severity=filters["severity"] or None,
         device_id=filters["device"] or None,
-        limit=200,
+        limit=ALERTS_SHOWN,
     )
     return _render(
         request, "alerts.html", user=user, alerts=items, filters=filters, devices=choices,
-        states=ALERT_STATES, severities=SEVERITIES,
+        states=ALERT_STATES, severities=SEVERITIES, limit=ALERTS_SHOWN,
     )  # fmt: skip
 
 
