@@ -202,6 +202,13 @@ async def test_rule_editor_backtests_as_it_is_edited_and_saves(
     }  # fmt: skip
     card = page.locator(f'[data-rule="{saved["id"]}"]')
     await expect(card).to_contain_text("co2 > 1200 for 300 s")
+    # Someone else cannot open it.
+    intruder = await logged_in(await new_page(), server, await api.account())
+    answer = await intruder.goto(f"{server}/alerts/rules/{saved['id']}")
+    assert answer is not None
+    assert answer.status == 404
+    await expect(intruder.get_by_text("There is no such alert rule.")).to_be_visible()
+    await intruder.close()
 
     # Disable from the list; the editor opens it as saved and keeps the edit.
     await card.get_by_label("Enabled: CO2 too high").uncheck()
@@ -241,10 +248,13 @@ async def test_rule_editor_backtests_as_it_is_edited_and_saves(
     await expect(card).to_have_count(0)
     r = await http.get("/api/v1/alert-rules", headers=owner.headers)
     assert r.json()["items"] == []
-    # The refused backtests (24 h and 7 d) are logged by the browser as failed loads.
+    # The refused backtests (24 h and 7 d) and the intruder's 404 page are logged by the
+    # browser as failed loads.
     refused = [e for e in console_errors if "status of 422" in e]
     assert len(refused) == 2
-    assert [e for e in console_errors if e not in refused] == []
+    missing = [e for e in console_errors if "status of 404" in e]
+    assert len(missing) == 1
+    assert [e for e in console_errors if e not in refused + missing] == []
 
 
 async def test_channels_show_the_secret_once_and_the_delivery_log(

@@ -401,7 +401,7 @@ async def rule_page(request: Request, rule_id: int, session: SessionDep) -> Resp
     try:
         rule = await alerts.get_rule(session, owner=user, rule_id=rule_id)
     except SensoriumError:
-        return _render(request, "not_found.html", 404, user=user)
+        return _render(request, "not_found.html", 404, user=user, missing="rule")
     return await _editor(
         request, session, user, _rule_view(rule, await alerts.rule_links(session, rule.id))
     )
