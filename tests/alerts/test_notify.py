@@ -362,3 +362,35 @@ async def test_flood_guard_sends_the_allowance_and_the_rest_in_one_digest(api: A
         assert receiver.accepted()[-1].document["count"] == 4
         assert all(r.verified for r in receiver.requests)
         assert await count(api, Delivery) == 16
+
+
+async def test_flood_guard_digest_by_email(api: Api, smtp: SmtpServer) -> None:
+    owner = await api.account()
+    device = await api.device(owner, name="Rack")
+    r = await api.client.post(
+        "/api/v1/notification-channels",
+        json={"name": "ops mail", "kind": "email", "email": "ops@example.com"},
+        headers=owner.headers,
+    )
+    channel = r.json()["id"]
+    for threshold in range(5):
+        await make_rule(
+            api,
+            owner,
+            name=f"t > {threshold}",
+            key="t",
+            operator=">",
+            threshold=threshold,
+            channels=[channel],
+        )
+    assert (await api.send(device, {"t": 7.25})).status_code == 202
+    await settled(api, owner, channel, 6)  # 3 sent, 2 digested, the digest
+    subjects = [m.message["Subject"] for m in smtp.mails]
+    assert len(subjects) == 4
+    assert all(s.startswith("[Sensorium] WARNING: t > ") for s in subjects[:3])
+    assert subjects[3] == "[Sensorium] 2 more alert notifications"
+    digest = smtp.mails[3].text
+    assert digest.startswith("2 notifications were held back by the flood guard:")
+    assert digest.count("- fired: t > ") == 2
+    assert "on Rack (value 7.25, " in digest
+    assert f"Open: {PUBLIC_URL}/alerts" in digest
