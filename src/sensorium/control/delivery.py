@@ -110,6 +110,12 @@ class MqttDownlink:
             raise DownlinkUnavailable(str(exc)) from exc
 
 
+# Devices that come online together (a fleet booting, a broker restart: thousands at once)
+# each want a database connection; unbounded, they exhausted the pool and the ingest waited
+# behind them (10,000 simulated devices: thousands of pool timeouts). A few at a time.
+ONLINE_CONCURRENCY = 4
+
+
 class ControlPlane:
     """What this process does about desired state and commands beyond the database."""
 
@@ -125,6 +131,7 @@ class ControlPlane:
         # One delivery at a time per device keeps its commands in order (a lock lives
         # while someone holds or awaits it).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._online_slots = asyncio.Semaphore(ONLINE_CONCURRENCY)
 
     def reaches(self, device: Device) -> bool:
         """Whether this process publishes commands to the device now (an online MQTT device)."""
@@ -210,11 +217,12 @@ class ControlPlane:
 
     async def device_online(self, device_id: str) -> None:
         """An MQTT device (re)connected: its desired state and waiting commands go out."""
-        try:
-            await self.publish_desired(device_id)
-            await self.deliver_commands(device_id)
-        except DownlinkUnavailable as exc:
-            log.warning("could not update device %s now: %s", device_id, exc)
+        async with self._online_slots:
+            try:
+                await self.publish_desired(device_id)
+                await self.deliver_commands(device_id)
+            except DownlinkUnavailable as exc:
+                log.warning("could not update device %s now: %s", device_id, exc)
 
     def _announce(self, commands: list[Command]) -> None:
         now_ms = epoch_ms()
