@@ -18,7 +18,12 @@ def test_production_refuses_missing_or_default_secret(secret: str, tmp_path: Pat
 
 
 def test_production_accepts_a_strong_secret(tmp_path: Path) -> None:
-    settings = Settings(mode="production", secret_key="k" * 8 + "x9Q2" * 8, data_dir=tmp_path)
+    settings = Settings(
+        mode="production",
+        secret_key="k" * 8 + "x9Q2" * 8,
+        data_dir=tmp_path,
+        ota_public_key=tmp_path / "release.pem.pub",
+    )
     settings.check_secure()
     assert settings.resolved_secret_key() == settings.secret_key
 

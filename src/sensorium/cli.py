@@ -29,6 +29,7 @@ from sensorium.db import create_engine, session_factory
 from sensorium.devices import service as devices
 from sensorium.errors import SensoriumError
 from sensorium.live.bus import make_bus
+from sensorium.ota.signing import DEV_KEY_NAME, OtaKeys, generate_key_files, public_path
 from sensorium.users import service as users
 from sensorium.users.models import User
 from sensorium.users.security import Auth
@@ -415,6 +416,33 @@ def broker_sync() -> None:
     console.print(
         "[green]broker is in sync[/]" if not report.missing else "[yellow]done, see above[/]"
     )
+
+
+ota_app = typer.Typer(help="Over-the-air updates: the image signing key.", no_args_is_help=True)
+app.add_typer(ota_app, name="ota")
+
+
+@ota_app.command("keygen")
+def ota_keygen(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Private key file to create (default: <data dir>/ota-signing-key.pem)"),
+    ] = None,
+) -> None:
+    """Create the Ed25519 key that signs firmware images (mode 0600, never overwritten)
+    and print the public key to flash into devices."""
+    # No check_secure: in production this is how the required key comes to exist.
+    settings = get_settings()
+    path = out if out is not None else settings.data_dir / DEV_KEY_NAME
+    try:
+        public = generate_key_files(path)
+    except FileExistsError:
+        err.print(f"[red]error:[/] {path} exists; a new key would orphan every flashed device")
+        raise typer.Exit(1) from None
+    keys = OtaKeys(public)
+    console.print(f"wrote {path} (private, mode 0600) and {public_path(path)} (public)")
+    console.print(f"public key for the firmware: [bold]{keys.public_key_b64}[/]")
+    console.print(f"configure the server: SENSORIUM_OTA_SIGNING_KEY={path.resolve()}")
 
 
 @user_app.command("create")

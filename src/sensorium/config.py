@@ -109,6 +109,19 @@ class Settings(BaseSettings):
     smtp_from: str = "sensorium@localhost"
     smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
 
+    # Over-the-air updates (docs/ota.md). Images live under <data_dir>/firmware.
+    ota_max_image_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # The Ed25519 private key (PEM, from `sensorium ota keygen`, readable by its owner
+    # only) that signs uploaded images. Without it, every upload brings a detached
+    # signature, checked against ota_public_key. Production mode needs one of the two;
+    # dev mode makes a key in the data directory. Keys are never stored in the database.
+    ota_signing_key: Path | None = None
+    ota_public_key: Path | None = None
+    # A device not UPDATED this long after its assignment went out is FAILED (timed out).
+    ota_device_timeout_s: int = Field(3600, ge=10)
+    # How often the scheduler advances rollouts (batches, timeouts, the abort threshold).
+    ota_tick_s: float = Field(1.0, gt=0, le=60)
+
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
@@ -136,6 +149,12 @@ class Settings(BaseSettings):
                 "SENSORIUM_SECRET_KEY must be set to a random value of at least "
                 f"{MIN_SECRET_LENGTH} characters in production mode "
                 '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))")'
+            )
+        if self.ota_signing_key is None and self.ota_public_key is None:
+            raise InsecureSettings(
+                "SENSORIUM_OTA_SIGNING_KEY (a key file from `sensorium ota keygen`) or "
+                "SENSORIUM_OTA_PUBLIC_KEY (to accept only images signed elsewhere) must be "
+                "set in production mode"
             )
 
     def mqtt_credentials(self) -> tuple[tuple[str, str], tuple[str, str]]:

@@ -14,6 +14,7 @@ from sensorium.control.models import Command, DeviceState
 from sensorium.db import Base
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.energy.models import EnergyHour, Site, SiteMeter, Tariff
+from sensorium.ota.models import Firmware, OtaJob, Rollout
 from sensorium.telemetry.models import LatestValue, Point, Rollup, Series, TelemetryKey
 from sensorium.users.models import RefreshToken, User
 
@@ -33,10 +34,13 @@ __all__ = [
     "DeviceState",
     "DeviceStatusEvent",
     "EnergyHour",
+    "Firmware",
     "LatestValue",
     "NotificationChannel",
+    "OtaJob",
     "Point",
     "RefreshToken",
+    "Rollout",
     "Rollup",
     "Series",
     "Site",

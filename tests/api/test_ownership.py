@@ -61,6 +61,11 @@ USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
     ),
     ("GET", "/api/v1/notification-channels", None),
     ("POST", "/api/v1/notification-channels", {"name": "x", "kind": "email", "email": "a@b.cd"}),
+    ("GET", "/api/v1/firmware", None),
+    ("POST", "/api/v1/firmware", None),
+    ("GET", "/api/v1/firmware/public-key", None),
+    ("GET", "/api/v1/rollouts", None),
+    ("POST", "/api/v1/rollouts", {"firmware_id": 1, "devices": ["02:00:00:00:00:01"]}),
 ]
 # Alert endpoints: {rule_id}, {alert_id}, {channel_id} are the device owner's.
 ALERT_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -74,6 +79,23 @@ ALERT_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("DELETE", "/api/v1/notification-channels/{channel_id}", None),
     ("POST", "/api/v1/notification-channels/{channel_id}/secret", None),
     ("GET", "/api/v1/notification-channels/{channel_id}/deliveries", None),
+]
+# OTA endpoints: {firmware_id}, {rollout_id} and the device {id} are the owner's (the
+# device is FAILED in the rollout, so a retry is possible).
+OTA_ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("GET", "/api/v1/firmware/{firmware_id}", None),
+    ("DELETE", "/api/v1/firmware/{firmware_id}", None),
+    ("GET", "/api/v1/firmware/{firmware_id}/image", None),
+    ("GET", "/api/v1/rollouts/{rollout_id}", None),
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause", None),
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume", None),
+    ("POST", "/api/v1/rollouts/{rollout_id}/cancel", None),
+    ("POST", "/api/v1/rollouts/{rollout_id}/devices/{id}/retry", None),
+]
+# The device's side of OTA: its progress and the image of its assignment ({job}).
+OTA_DEVICE_ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("POST", "/api/v1/devices/{id}/ota/progress", {"state": "DOWNLOADING", "progress": 0.5}),
+    ("GET", "/api/v1/firmware/jobs/{job}/image", None),
 ]
 # Per-site endpoints: {site_id} is a site of the device's owner.
 SITE_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -136,6 +158,8 @@ def test_every_route_is_classified(settings: Settings) -> None:
         + SHARED_ENDPOINTS
         + SITE_ENDPOINTS
         + ALERT_ENDPOINTS
+        + OTA_ENDPOINTS
+        + OTA_DEVICE_ENDPOINTS
     } | PUBLIC_ENDPOINTS
     # The OpenAPI document lists every API route (the docs pages themselves excluded).
     routes = {
@@ -377,3 +401,112 @@ async def test_alert_lists_hide_other_users_alerts_and_devices(api: Api) -> None
         "/api/v1/alerts", params={"device": device.id}, headers=intruder.headers
     )
     assert (r.status_code, r.json()["error"]["code"]) == (404, "device_not_found")
+
+
+async def _ota(api: Api, device: RegisteredDevice) -> dict[str, Any]:
+    """An image of the device's owner and a rollout of it to two devices, the first
+    FAILED (so it may be retried) and the second still at work."""
+    headers = device.owner.headers
+    r = await api.client.post(
+        "/api/v1/firmware",
+        data={"title": "t", "version": "9.0.0"},
+        files={"file": ("fw.bin", b"\x01" * 2048, "application/octet-stream")},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    firmware_id = r.json()["id"]
+    second = await api.device(device.owner)
+    r = await api.client.post(
+        "/api/v1/rollouts",
+        json={"firmware_id": firmware_id, "devices": [device.id, second.id]},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    jobs = {j["device_id"]: j["job"] for j in r.json()["jobs"]}
+    r = await api.client.post(
+        f"/api/v1/devices/{device.id}/ota/progress",
+        json={"job": jobs[device.id], "state": "FAILED", "error": "flash error"},
+        headers=device.headers,
+    )
+    assert r.status_code == 200, r.text
+    return {
+        "firmware_id": firmware_id,
+        "rollout_id": await _rollout_id(api, headers),
+        "job": jobs[second.id],
+        "second": second,
+    }
+
+
+async def _rollout_id(api: Api, headers: dict[str, str]) -> int:
+    r = await api.client.get("/api/v1/rollouts", headers=headers)
+    [rollout] = r.json()["items"]
+    rollout_id: int = rollout["id"]
+    return rollout_id
+
+
+async def _ota_snapshot(api: Api, headers: dict[str, str], ids: dict[str, Any]) -> Any:
+    firmware = await api.client.get(f"/api/v1/firmware/{ids['firmware_id']}", headers=headers)
+    rollout = await api.client.get(f"/api/v1/rollouts/{ids['rollout_id']}", headers=headers)
+    image = await api.client.get(f"/api/v1/firmware/{ids['firmware_id']}/image", headers=headers)
+    return [firmware.json(), rollout.json(), image.content]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), OTA_ENDPOINTS)
+async def test_another_users_firmware_and_rollouts_are_404_and_untouched(
+    api: Api, method: str, path: str, body: Any
+) -> None:
+    owner = await api.account()
+    intruder = await api.account()
+    device = await api.device(owner)
+    ids = await _ota(api, device)
+    code = {"firmware_id": "firmware_not_found", "rollout_id": "rollout_not_found"}
+    name = next(n for n in code if "{" + n + "}" in path)
+    url = path.format(id=device.id, **ids)
+    before = await _ota_snapshot(api, owner.headers, ids)
+    r = await api.client.request(method, url, json=body, headers=intruder.headers)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == code[name]
+    # The same answer as for one that does not exist.
+    missing = path.format(id=device.id, **{**ids, name: 999_999})
+    r2 = await api.client.request(method, missing, json=body, headers=intruder.headers)
+    assert (r2.status_code, r2.json()["error"]["code"]) == (404, code[name])
+    assert await _ota_snapshot(api, owner.headers, ids) == before
+    for headers in ({}, device.headers, {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"}):
+        r = await api.client.request(method, url, json=body, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+    r = await api.client.request(method, url, json=body, headers=owner.headers)
+    # The owner's request gets through (a state conflict, e.g. resuming a running
+    # rollout or deleting an image in use, is its own answer).
+    assert r.status_code in {200, 204, 409}, r.text
+
+
+@pytest.mark.parametrize(("method", "path", "body"), OTA_DEVICE_ENDPOINTS)
+async def test_ota_device_endpoints_refuse_users_and_other_devices(
+    api: Api, method: str, path: str, body: Any
+) -> None:
+    owner = await api.account()
+    device = await api.device(owner)
+    ids = await _ota(api, device)
+    second: RegisteredDevice = ids["second"]
+    other_owner = await api.account()
+    stranger = await api.device(other_owner)
+    url = path.format(id=second.id, job=ids["job"])
+    if body is not None:
+        body = {**body, "job": ids["job"]}
+    for headers, expected in [
+        ({}, 401),
+        (owner.headers, 401),
+        ({"Authorization": "Bearer sdt_not-a-token"}, 401),
+        (device.headers, 403),  # the owner's other device
+        (stranger.headers, 403),  # another user's device
+    ]:
+        r = await api.client.request(method, url, json=body, headers=headers)
+        assert r.status_code == expected, (headers, r.text)
+        assert r.json()["error"]["code"] in {"wrong_device", "missing_token", "invalid_token"}
+    detail = (
+        await api.client.get(f"/api/v1/rollouts/{ids['rollout_id']}", headers=owner.headers)
+    ).json()
+    assert {j["device_id"]: j["state"] for j in detail["jobs"]}[second.id] == "ASSIGNED"
+    r = await api.client.request(method, url, json=body, headers=second.headers)
+    assert r.status_code == 200, r.text

@@ -29,6 +29,8 @@ from sensorium.devices.tokens import DeviceTokenCache
 from sensorium.energy.router import router as energy_router
 from sensorium.live.bus import make_bus
 from sensorium.live.router import router as live_router
+from sensorium.ota.router import router as ota_router
+from sensorium.ota.signing import OtaKeys
 from sensorium.ratelimit import RateLimiter, make_storage
 from sensorium.telemetry.router import csv_router as telemetry_csv_router
 from sensorium.telemetry.router import fleet_csv_router
@@ -77,6 +79,7 @@ def build_context(settings: Settings) -> AppContext:
         device_limiter=RateLimiter.from_spec(storage, settings.device_rate_limit, "device"),
         command_limiter=RateLimiter.from_spec(storage, settings.command_rate_limit, "commands"),
         control=ControlPlane(sessions, bus),
+        ota_keys=OtaKeys.from_settings(settings),
     )
 
 
@@ -108,7 +111,9 @@ def create_app(
         downlink = MqttDownlink(service_endpoint(ctx.settings, broker_address(ctx.settings)))
         ctx.control.downlink = downlink
     else:
-        scheduler = Scheduler.from_settings(ctx.sessions, ctx.settings, bus=ctx.bus)
+        scheduler = Scheduler.from_settings(
+            ctx.sessions, ctx.settings, bus=ctx.bus, control=ctx.control
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -167,6 +172,7 @@ def create_app(
     api.include_router(live_router, responses=documented)
     api.include_router(energy_router, responses=documented)
     api.include_router(alerts_router, responses=documented)
+    api.include_router(ota_router, responses=documented)
     app.include_router(api)
     app.include_router(_ops_router())
     app.include_router(web_router)

@@ -12,6 +12,7 @@ from sensorium.config import Settings
 from sensorium.control.delivery import ControlPlane
 from sensorium.devices.tokens import DeviceTokenCache
 from sensorium.live.bus import LiveBus
+from sensorium.ota.signing import OtaKeys
 from sensorium.ratelimit import RateLimiter
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.users.security import Auth
@@ -31,6 +32,8 @@ class AppContext:
     command_limiter: RateLimiter
     bus: LiveBus
     control: ControlPlane
+    # What firmware images are signed with and checked against (never in the database).
+    ota_keys: OtaKeys
     # Set when devices also get MQTT accounts: device changes enqueue broker changes.
     broker: Outbox | None = None
     provisioner: BrokerProvisioner | None = None

@@ -1,4 +1,4 @@
-"""Getting desired state and commands to MQTT devices.
+"""Getting desired state, commands and firmware update assignments to MQTT devices.
 
 `MqttDownlink` is this process's publishing connection (the service account, QoS 1).
 `ControlPlane` decides what to publish: the desired state (retained) whenever it changes
@@ -28,7 +28,8 @@ from sensorium.db import epoch_ms
 from sensorium.devices.models import Device
 from sensorium.devices.service import effective_status
 from sensorium.live.bus import LiveBus
-from sensorium.protocol import commands_topic, state_desired_topic
+from sensorium.ota import service as ota
+from sensorium.protocol import commands_topic, ota_topic, state_desired_topic
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,33 @@ class ControlPlane:
             with contextlib.suppress(DownlinkUnavailable):
                 await self.downlink.publish(state_desired_topic(device_id), b"", retain=True)
 
+    async def publish_ota(self, device_id: str, *, clear: bool = True) -> None:
+        """Publish the device's firmware update assignment in force, retained, or clear
+        the topic when there is none (unless `clear` is False); again if it changed
+        meanwhile."""
+        if self.downlink is None:
+            return
+        published: bytes | None = None
+        for _ in range(3):
+            async with self._sessions() as session:
+                current = await ota.assignment(session, device_id)
+            payload = current.to_json() if current is not None else b""
+            if payload == published or (not payload and not clear and published is None):
+                return
+            await self.downlink.publish(ota_topic(device_id), payload, retain=True)
+            published = payload
+
+    async def update_ota(self, device_id: str) -> None:
+        """After an OTA change: publish now if the broker is there; else it goes out when
+        the device next comes online."""
+        if self.downlink is None or not self.downlink.connected:
+            log.info("OTA assignment of %s goes out when the broker is back", device_id)
+            return
+        try:
+            await self.publish_ota(device_id)
+        except DownlinkUnavailable as exc:
+            log.warning("OTA assignment of %s published later: %s", device_id, exc)
+
     async def deliver_commands(self, device_id: str) -> int:
         """Claim the device's queued commands and publish them in order; what could not be
         published goes back to queued. Returns how many were published."""
@@ -216,11 +244,15 @@ class ControlPlane:
                     return delivered  # that was all of them: no empty claim round
 
     async def device_online(self, device_id: str) -> None:
-        """An MQTT device (re)connected: its desired state and waiting commands go out."""
+        """An MQTT device (re)connected: its desired state, waiting commands and update
+        assignment go out."""
         async with self._online_slots:
             try:
                 await self.publish_desired(device_id)
                 await self.deliver_commands(device_id)
+                # Cleared topics were cleared when their job finished: not again at every
+                # reconnect of the fleet.
+                await self.publish_ota(device_id, clear=False)
             except DownlinkUnavailable as exc:
                 log.warning("could not update device %s now: %s", device_id, exc)
 

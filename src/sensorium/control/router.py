@@ -34,8 +34,10 @@ from sensorium.db import epoch_ms
 from sensorium.devices import service as devices
 from sensorium.errors import Invalid
 from sensorium.live.bus import Event, Subscription
+from sensorium.ota import service as ota
 from sensorium.protocol import decode_document, parse_command_result, parse_state_document
 from sensorium.protocol.control import MAX_STATE_BYTES, validate_params
+from sensorium.protocol.ota import OtaAssignment
 
 router = APIRouter(prefix="/devices", tags=["device control"])
 
@@ -87,14 +89,25 @@ async def _next_event(
 # --- state ---------------------------------------------------------------------------------
 
 
-def _state_response(row: DeviceState, *, status_code: int = 200) -> Response:
-    body = StatePublic.model_validate(control.state_public(row)).model_dump_json()
+def _state_response(
+    row: DeviceState, *, status_code: int = 200, ota: OtaAssignment | None = None
+) -> Response:
+    doc = control.state_public(row)
+    doc["ota"] = ota.to_dict() if ota is not None else None
+    body = StatePublic.model_validate(doc).model_dump_json()
     return Response(
         body,
         status_code=status_code,
         media_type="application/json",
-        headers={"ETag": control.state_etag(row), "Cache-Control": "no-cache"},
+        headers={"ETag": _etag(row, ota), "Cache-Control": "no-cache"},
     )
+
+
+def _etag(row: DeviceState, ota: OtaAssignment | None) -> str:
+    """The state's revision, and the update job in force: either changing is news."""
+    if ota is None:
+        return control.state_etag(row)
+    return f'"{row.revision}.{ota.job}"'
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -125,8 +138,9 @@ async def get_state(
     if_none_match: Annotated[str | None, Header()] = None,
     wait: Annotated[int, Query(ge=0, le=MAX_POLL_WAIT_S, description="Long-poll seconds")] = 0,
 ) -> Response:
-    """Desired and reported state, their versions, the keys still pending and the declared
-    controls. For the owner and for the device itself (device token). With
+    """Desired and reported state, their versions, the keys still pending, the declared
+    controls and the firmware update assignment in force (`ota`). For the owner and for
+    the device itself (device token). With
     `If-None-Match` an unchanged state is `304`; `?wait=` first waits for a change."""
     device_id = await _owned_device_id(ctx, principal, device_id)
     loop = asyncio.get_running_loop()
@@ -135,12 +149,16 @@ async def get_state(
         while True:
             async with ctx.sessions() as session:
                 row = await control.read_state(session, device_id)
-            if not _etag_matches(if_none_match, control.state_etag(row)):
-                return _state_response(row)
+                assignment = await ota.assignment(session, device_id)
+            etag = _etag(row, assignment)
+            if not _etag_matches(if_none_match, etag):
+                return _state_response(row, ota=assignment)
             if loop.time() >= deadline:
-                return Response(status_code=304, headers={"ETag": control.state_etag(row)})
+                return Response(status_code=304, headers={"ETag": etag})
             try:
-                await _next_event(subscription, deadline, lambda e: e.kind == "state", request)
+                await _next_event(
+                    subscription, deadline, lambda e: e.kind in ("state", "ota"), request
+                )
             except ClientGone:
                 return Response(status_code=304)
 
@@ -176,7 +194,7 @@ async def put_desired(
     # Published even when nothing changed: a retry from the page reaches a device that
     # missed the first message (it gets the same version again and reports it).
     await ctx.control.update_desired(device.id)
-    return _state_response(row)
+    return _state_response(row, ota=await ota.assignment(session, device.id))
 
 
 @router.post("/{device_id}/state/reported", tags=["device API"], response_model=StatePublic)
@@ -188,7 +206,7 @@ async def post_reported(
     row = await control.record_reported(session, device_id=device, report=report)
     await session.commit()
     ctx.bus.publish(control.state_event(row, now_ms=epoch_ms()))
-    return _state_response(row)
+    return _state_response(row, ota=await ota.assignment(session, device))
 
 
 @router.get("/{device_id}/controls", response_model_exclude_none=True)

@@ -63,6 +63,9 @@ class StatePublic(BaseModel):
     reported_at: datetime | None
     pending: list[str] = Field(description="Desired keys whose reported value differs")
     controls: list[dict[str, Any]] = Field(description="The declared controls (see Control)")
+    ota: dict[str, Any] | None = Field(
+        None, description="The firmware update assignment in force (PROTOCOL.md OTA), or null"
+    )
 
 
 class CommandCreate(BaseModel):

@@ -22,6 +22,8 @@ from sensorium.devices.schemas import (
     StatusAccepted,
     StatusEventPublic,
 )
+from sensorium.ota import service as ota
+from sensorium.ota.delivery import deliver as deliver_ota
 from sensorium.protocol import parse_log, parse_status
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -172,7 +174,10 @@ async def post_status(
         offline_after_s=ctx.settings.offline_after_s,
         transport="http",
     )
+    # The firmware version proves (or disproves) an update under way.
+    updates = await ota.record_version(session, device_id=device, fw=report.fw, fresh=True)
     await session.commit()
+    await deliver_ota(ctx.control, ctx.bus, updates)
     now_ms = epoch_ms()
     ctx.bus.publish(service.live_status(stored, reason="status", now_ms=now_ms))
     return StatusAccepted(status=service.effective_status(stored, now_ms=now_ms))

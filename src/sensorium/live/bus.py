@@ -26,7 +26,7 @@ from sensorium.protocol import Reading
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["telemetry", "status", "state", "command", "alert"]
+EventKind = Literal["telemetry", "status", "state", "command", "alert", "ota"]
 
 
 @dataclass(frozen=True, slots=True)

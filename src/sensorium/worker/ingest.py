@@ -30,9 +30,12 @@ from sensorium.db import epoch_ms
 from sensorium.devices import service as devices
 from sensorium.errors import NotFound, SensoriumError
 from sensorium.live.bus import LiveBus
+from sensorium.ota import service as ota
+from sensorium.ota.delivery import deliver as deliver_ota
 from sensorium.protocol import (
     KIND_COMMAND_RESULT,
     KIND_LOGS,
+    KIND_OTA_PROGRESS,
     KIND_STATE_REPORTED,
     KIND_STATUS,
     KIND_TELEMETRY,
@@ -47,6 +50,7 @@ from sensorium.protocol import (
     parse_uplink_topic,
     uplink_subscriptions,
 )
+from sensorium.protocol.ota import parse_progress
 from sensorium.telemetry.writer import BatchWriter
 from sensorium.worker.acks import AckQueue
 
@@ -56,7 +60,9 @@ log = logging.getLogger(__name__)
 # Tries to store a status, log, state or result message before giving up (~6 s of retries).
 CONTROL_ATTEMPTS = 5
 # Few and small: handled one at a time, in order, after the device's pending telemetry.
-CONTROL_KINDS = frozenset({KIND_STATUS, KIND_LOGS, KIND_STATE_REPORTED, KIND_COMMAND_RESULT})
+CONTROL_KINDS = frozenset(
+    {KIND_STATUS, KIND_LOGS, KIND_STATE_REPORTED, KIND_COMMAND_RESULT, KIND_OTA_PROGRESS}
+)
 
 
 class RejectLog:
@@ -292,11 +298,9 @@ class MqttIngest:
                 self._acks.complete(entry)
                 return
             self._submit(parsed.device_id, readings, entry)
-        elif parsed.kind in CONTROL_KINDS:
-            self._control.put_nowait((message, entry))
         else:
-            # OTA progress is handled by its feature when it lands.
-            self._acks.complete(entry)
+            assert parsed.kind in CONTROL_KINDS
+            self._control.put_nowait((message, entry))
 
     def _submit(self, device_id: str, readings: Sequence[Reading], entry: Any) -> None:
         future = self._writer.submit(device_id, readings)
@@ -342,7 +346,9 @@ class MqttIngest:
                 await asyncio.wait([earlier])
             for attempt in range(CONTROL_ATTEMPTS):
                 try:
-                    await self._store_control(parsed, bytes(message.payload))
+                    await self._store_control(
+                        parsed, bytes(message.payload), retained=bool(message.retain)
+                    )
                 except (ProtocolError, SensoriumError) as exc:
                     self._reject(parsed.device_id, exc.code, exc.message)
                 except Exception:
@@ -353,18 +359,22 @@ class MqttIngest:
                 break
             self._acks.complete(entry)
 
-    async def _store_control(self, parsed: ParsedTopic, payload: bytes) -> None:
+    async def _store_control(
+        self, parsed: ParsedTopic, payload: bytes, *, retained: bool = False
+    ) -> None:
         if parsed.kind == KIND_STATUS:
-            await self._store_status(parsed.device_id, payload)
+            await self._store_status(parsed.device_id, payload, retained=retained)
         elif parsed.kind == KIND_LOGS:
             await self._store_log(parsed.device_id, payload)
         elif parsed.kind == KIND_STATE_REPORTED:
             await self._store_reported(parsed.device_id, payload)
+        elif parsed.kind == KIND_OTA_PROGRESS:
+            await self._store_ota_progress(parsed.device_id, payload)
         else:
             assert parsed.command_id is not None
             await self._store_result(parsed.device_id, parsed.command_id, payload)
 
-    async def _store_status(self, device_id: str, payload: bytes) -> None:
+    async def _store_status(self, device_id: str, payload: bytes, *, retained: bool) -> None:
         report = parse_status(payload)
         async with self._sessions() as session, session.begin():
             device = await devices.record_status(
@@ -374,6 +384,13 @@ class MqttIngest:
                 offline_after_s=self._offline_after_s,
                 transport="mqtt",
             )
+            # The firmware version proves (or disproves) an update. A retained status the
+            # broker replays on resubscription is old news: it may prove, never disprove.
+            updates = await ota.record_version(
+                session, device_id=device_id, fw=report.fw, fresh=not retained
+            )
+        if updates.jobs:
+            await deliver_ota(self._control_plane, self._bus, updates)
         if self._bus is not None:
             self._bus.publish(devices.live_status(device, reason="status", now_ms=epoch_ms()))
         if report.online is not False and self._control_plane is not None:
@@ -398,6 +415,12 @@ class MqttIngest:
             )
         if self._bus is not None:
             self._bus.publish(control.command_event(command, now_ms=epoch_ms()))
+
+    async def _store_ota_progress(self, device_id: str, payload: bytes) -> None:
+        report = parse_progress(payload)
+        async with self._sessions() as session, session.begin():
+            _job, changed = await ota.record_progress(session, device_id=device_id, report=report)
+        await deliver_ota(self._control_plane, self._bus, changed)
 
     async def _store_log(self, device_id: str, payload: bytes) -> None:
         record = parse_log(payload, now_ms=epoch_ms())

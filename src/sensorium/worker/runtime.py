@@ -164,7 +164,7 @@ class MqttServices:
                 bus=bus,
                 control=control,
             )
-            self.scheduler = Scheduler.from_settings(sessions, settings, bus=bus)
+            self.scheduler = Scheduler.from_settings(sessions, settings, bus=bus, control=control)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _came_online(self, device_ids: list[str]) -> None:

@@ -1,5 +1,5 @@
 """Periodic jobs of the worker: offline detection, command expiry, retention, partitions,
-the energy caches, alert timers and notifications."""
+the energy caches, alert timers and notifications, OTA rollouts (batches, timeouts)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from sensorium.aio import cancel_and_wait
 from sensorium.alerts.runner import AlertRunner
 from sensorium.config import Settings
 from sensorium.control import service as control
+from sensorium.control.delivery import ControlPlane
 from sensorium.db import epoch_ms
 from sensorium.devices.service import mark_silent_devices_offline
 from sensorium.energy import service as energy
 from sensorium.live.bus import LiveBus, status_event
+from sensorium.ota.runner import OtaRunner
 from sensorium.telemetry import service as telemetry
 from sensorium.telemetry.partitions import WEEK, Partitions
 
@@ -33,8 +35,11 @@ class Scheduler:
         rollup_retention_days: int | None = None,
         bus: LiveBus | None = None,
         alerts: AlertRunner | None = None,
+        ota: OtaRunner | None = None,
     ) -> None:
         self._sessions = sessions
+        # Rollout batches, the abort threshold and job timeouts.
+        self.ota = ota
         # Duration timers, silence, live alert events and notifications.
         self.alerts = alerts
         self._partitions = Partitions(sessions.kw["bind"])
@@ -49,7 +54,12 @@ class Scheduler:
 
     @classmethod
     def from_settings(
-        cls, sessions: async_sessionmaker[AsyncSession], settings: Settings, *, bus: LiveBus
+        cls,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        *,
+        bus: LiveBus,
+        control: ControlPlane | None = None,
     ) -> Scheduler:
         return cls(
             sessions,
@@ -57,6 +67,7 @@ class Scheduler:
             rollup_retention_days=settings.rollup_retention_days,
             bus=bus,
             alerts=AlertRunner(sessions, settings, bus=bus),
+            ota=OtaRunner(sessions, settings, bus=bus, control=control),
         )
 
     async def start(self) -> None:
@@ -65,8 +76,12 @@ class Scheduler:
         self._energy_task = asyncio.create_task(self._precompute_energy(), name="energy-cache")
         if self.alerts is not None:
             await self.alerts.start()
+        if self.ota is not None:
+            await self.ota.start()
 
     async def stop(self) -> None:
+        if self.ota is not None:
+            await self.ota.stop()
         if self.alerts is not None:
             await self.alerts.stop()
         await cancel_and_wait(self._energy_task)

@@ -1,0 +1,1 @@
+"""Over-the-air updates: the firmware registry, rollouts and per-device update jobs."""
