@@ -10,18 +10,40 @@ Who may change a (rule, device)'s state at the same time, and why it stays exact
   `UPDATE … WHERE phase = … RETURNING` (as control/service.py does command transitions);
 * device status changes, under the device row lock `record_status` takes.
 
+Idle is the absence of a state row: most conditions do not hold most of the time, and a
+point that does not hold changes nothing, so the writer reads and writes states only for
+conditions that are pending or firing, or that one of its points may start. Whether such a
+point is late (older than one already evaluated, so it starts nothing) is decided against
+the newest point stored before the batch: evaluation runs before the writer merges the
+batch into latest_values.
+
 An alert is inserted with `ON CONFLICT DO NOTHING` against the partial unique index "one
 open alert per (rule, device)", so even a state that went wrong cannot open a second.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, delete, select, text, tuple_, union_all, update
+from sqlalchemy import (
+    ARRAY,
+    Select,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.alerts.conditions import Condition, Phase, step
@@ -47,11 +69,62 @@ from sensorium.alerts.models import (
 from sensorium.db import dialect_insert, epoch_ms
 from sensorium.devices.models import Device
 from sensorium.protocol import Reading
+from sensorium.protocol.mac import mac_to_int
+from sensorium.telemetry.models import LatestValue, TelemetryKey
 
-_STATES = AlertState.__table__
+_STATES = cast(Table, AlertState.__table__)
 # The predicate of the partial unique index, spelt as in the index (ON CONFLICT must
 # name it literally for SQLite and PostgreSQL to infer the index).
 _OPEN = text("state != 'cleared'")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleView:
+    """The columns of a rule that evaluation and notifications read: what the writer
+    selects for each batch instead of loading ORM objects."""
+
+    id: int
+    owner_id: int
+    name: str
+    kind: str
+    severity: str
+    key: str | None
+    operator: str | None
+    threshold: float | None
+    low: float | None
+    high: float | None
+    clear_threshold: float | None
+    duration_s: int
+
+    @property
+    def condition(self) -> Condition:
+        return condition_of(self)
+
+
+RULE_COLUMNS = (
+    AlertRule.id,
+    AlertRule.owner_id,
+    AlertRule.name,
+    AlertRule.kind,
+    AlertRule.severity,
+    AlertRule.key,
+    AlertRule.operator,
+    AlertRule.threshold,
+    AlertRule.low,
+    AlertRule.high,
+    AlertRule.clear_threshold,
+    AlertRule.duration_s,
+)
+# A rule as the ORM loads it or as evaluation selects it: the same attributes.
+Rule = AlertRule | RuleView
+
+
+def _among(session: AsyncSession, column: Any, values: Sequence[Any]) -> Any:
+    """`column IN values`; on PostgreSQL `column = ANY(array)`, one parameter however many
+    values (an IN list is a parameter each, rendered and bound one by one)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(list(values), ARRAY(column.type)))
+    return column.in_(values)
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -61,12 +134,12 @@ def iso_ms(ms: int | None) -> str | None:
     return stamp.replace("+00:00", "Z")
 
 
-def condition_of(rule: AlertRule) -> Condition:
+def condition_of(rule: Rule) -> Condition:
     assert rule.operator is not None
     return Condition(rule.operator, rule.threshold, rule.low, rule.high, rule.clear_threshold)
 
 
-def rule_summary(rule: AlertRule) -> str:
+def rule_summary(rule: Rule) -> str:
     """`co2 > 1200 for 300 s`, `offline`: how notifications name the condition."""
     if rule.kind == OFFLINE:
         return "offline" + (f" or silent for {rule.duration_s} s" if rule.duration_s else "")
@@ -142,7 +215,7 @@ class Changes:
 
 
 async def _deliveries(
-    session: AsyncSession, *, rule: AlertRule, alert: Alert, event: str, now_ms: int
+    session: AsyncSession, *, rule: Rule, alert: Alert, event: str, now_ms: int
 ) -> None:
     """Queue a notification of this alert event to each of the rule's enabled channels."""
     channels = list(
@@ -182,7 +255,7 @@ async def _deliveries(
 
 
 async def open_alert(
-    session: AsyncSession, *, rule: AlertRule, device_id: str, at_ms: int, value: float | None
+    session: AsyncSession, *, rule: Rule, device_id: str, at_ms: int, value: float | None
 ) -> bool:
     """Open an alert unless one is open already; queues its notifications."""
     now_ms = epoch_ms()
@@ -211,7 +284,7 @@ async def open_alert(
 
 
 async def clear_alert(
-    session: AsyncSession, *, rule: AlertRule, device_id: str, at_ms: int, value: float | None
+    session: AsyncSession, *, rule: Rule, device_id: str, at_ms: int, value: float | None
 ) -> bool:
     """Clear the open alert of (rule, device), if there is one."""
     result = await session.execute(
@@ -233,9 +306,7 @@ async def clear_alert(
     return True
 
 
-async def _fired_earlier(
-    session: AsyncSession, *, rule: AlertRule, device_id: str, at_ms: int
-) -> None:
+async def _fired_earlier(session: AsyncSession, *, rule: Rule, device_id: str, at_ms: int) -> None:
     """A late point moved a firing condition's start back (two workers committed the
     device's points out of order): the open alert's time becomes the earlier mark, as if
     the points had come in order. Notifications not yet sent say so too."""
@@ -271,61 +342,75 @@ async def _fired_earlier(
 
 
 async def evaluate(
-    session: AsyncSession, readings: Mapping[str, Sequence[Reading]], *, now_ms: int
+    session: AsyncSession,
+    readings: Mapping[str, Sequence[Reading]],
+    *,
+    now_ms: int,
+    watch: Watch | None = None,
+    incarnations: Mapping[str, Hashable] | None = None,
 ) -> Changes:
     """Evaluate the rules of these devices on their new readings, in the writer's
-    transaction (after the device rows are updated: that orders concurrent writers).
-    Points no newer than the last one evaluated for a (rule, device) change nothing."""
+    transaction: after the device rows are updated (that orders concurrent writers) and
+    before the points are stored (latest_values still holds the newest earlier point).
+    Points no newer than the last one evaluated for a (rule, device) change nothing.
+    With a `watch` cache, `incarnations` tells each device's registration apart (see
+    Watch)."""
     changes = Changes()
     if not readings:
         return changes
     device_ids = sorted(readings)
-    # Data arrived: offline alerts of these devices clear.
-    changes.add(await devices_back(session, device_ids=device_ids, at_ms=now_ms))
-    # Per (device, key): ts → value, the later document winning a tie.
-    series: dict[tuple[str, str], dict[int, float]] = {}
-    for device_id, rows in readings.items():
-        for r in rows:
-            series.setdefault((device_id, r.key), {})[r.ts] = r.value
-    keys = sorted({key for _, key in series})
-    query = in_scope(
-        [AlertRule.enabled.is_(True), AlertRule.kind == THRESHOLD, AlertRule.key.in_(keys)],
-        [Device.id.in_(device_ids)],
-    )
-    pairs = list(await session.execute(query))
-    if not pairs:
+    keys = {r.key for rows in readings.values() for r in rows}
+    if watch is None or incarnations is None:
+        watch, incarnations = Watch(), dict.fromkeys(device_ids)
+    rules, watching = await watch.lookup(session, device_ids, incarnations)
+    if watch.offline_rules:
+        # Data arrived: offline alerts of these devices clear.
+        changes.add(await devices_back(session, device_ids=device_ids, at_ms=now_ms))
+    wanted: set[tuple[str, int]] = {
+        (d, r) for d in device_ids for r in watching[d] if rules[r].key in keys
+    }
+    if not wanted:
         return changes
-    rules = await _rules(session, (r for r, _ in pairs))
-    wanted = sorted({(d, r) for r, d in pairs if r in rules})
-    stored: dict[tuple[str, int], tuple[Phase, int]] = {}
-    for i in range(0, len(wanted), 500):
-        found = await session.execute(
-            select(_STATES)
-            .where(tuple_(_STATES.c.device_id, _STATES.c.rule_id).in_(wanted[i : i + 500]))
-            .order_by(_STATES.c.device_id, _STATES.c.rule_id)
-            .with_for_update()
-        )
-        for m in found.mappings():
-            phase = Phase(
-                m["phase"], m["since_ms"], m["due_ms"], m["last_ts"], m["last_value"], m["false_ts"]
-            )
-            stored[(m["device_id"], m["rule_id"])] = (phase, m["version"])
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
-    for device_id, rule_id in wanted:
+    stored = await _states_for_update(session, wanted)
+    # Per (device, key) that a rule watches: ts -> value, the later document winning a tie.
+    watched = {(d, rules[r].key) for d, r in wanted}
+    series: dict[tuple[str, str | None], dict[int, float]] = {}
+    for device_id in {d for d, _ in wanted}:
+        for r in readings[device_id]:
+            if (device_id, r.key) in watched:
+                series.setdefault((device_id, r.key), {})[r.ts] = r.value
+    # Idle is the absence of a state, and the common case: a condition that does not hold
+    # changes nothing, so only a point that holds can start something. Whether it is late
+    # (and so starts nothing) is decided against the newest point stored before this batch.
+    starting: list[tuple[str, int]] = []
+    for pair in wanted:
+        if pair not in stored:
+            rule = rules[pair[1]]
+            points = series.get((pair[0], rule.key))
+            condition = rule.condition
+            if points and any(condition.holds(v) for v in points.values()):
+                starting.append(pair)
+    newest_before = await _newest_stored(session, {(d, rules[r].key) for d, r in starting})
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    deletes: list[tuple[str, int]] = []
+    for device_id, rule_id in sorted([*stored, *starting]):
         rule = rules[rule_id]
-        assert rule.key is not None
         points = series.get((device_id, rule.key))
         if not points:
             continue
         known = stored.get((device_id, rule_id))
-        state, version = known if known is not None else (Phase(), 0)
+        if known is not None:
+            state, version = known
+        else:
+            newest = newest_before.get((device_id, rule.key))
+            state, version = Phase(IDLE, last_ts=newest, false_ts=newest), 0
         newest = state.last_ts
         # Older points first (they can only extend a pending window), then newer ones.
         late = sorted((ts, v) for ts, v in points.items() if newest is not None and ts <= newest)
         fresh = sorted((ts, v) for ts, v in points.items() if newest is None or ts > newest)
         before = (state.phase, state.since_ms, state.false_ts)
-        condition = condition_of(rule)
+        condition = rule.condition
         for ts, value in late + fresh:
             transition = step(condition, rule.duration_s * 1000, state, ts, value)
             if transition is None:
@@ -351,32 +436,217 @@ async def evaluate(
                 value=transition.value,
             ):
                 changes.cleared += 1
+        if state.phase == IDLE:
+            if known is not None:
+                deletes.append((device_id, rule_id))
+            continue
         if not fresh and (state.phase, state.since_ms, state.false_ts) == before:
             continue
-        row = {
-            "device_id": device_id,
-            "rule_id": rule_id,
-            "phase": state.phase,
-            "since_ms": state.since_ms,
-            "due_ms": state.due_ms,
-            "last_ts": state.last_ts,
-            "last_value": state.last_value,
-            "false_ts": state.false_ts,
-            "wake_ms": _wake(state, now_ms),
-            "version": version + 1,
-        }
-        (updates if known is not None else inserts).append(row)
+        row = (
+            state.phase,
+            state.since_ms,
+            state.due_ms,
+            state.last_ts,
+            state.last_value,
+            state.false_ts,
+            _wake(state, now_ms),
+            version + 1,
+        )
+        (updates if known is not None else inserts).append((device_id, rule_id, *row))
+    if deletes:
+        await session.execute(
+            delete(AlertState).where(tuple_(AlertState.device_id, AlertState.rule_id).in_(deletes))
+        )
     if inserts:
         await session.execute(
             dialect_insert(session, AlertState).on_conflict_do_nothing(
                 index_elements=["device_id", "rule_id"]
             ),
-            inserts,
+            [dict(zip(_STATE_COLUMNS, row, strict=True)) for row in inserts],
         )
     if updates:
-        # ORM bulk UPDATE by primary key: one executemany.
-        await session.execute(update(AlertState), updates)
+        if session.get_bind().dialect.name == "postgresql":
+            columns = list(zip(*updates, strict=True))
+            await session.execute(
+                _PG_UPDATE_STATES, dict(zip(_STATE_COLUMNS, columns, strict=True))
+            )
+        else:
+            names = ("b_device", "b_rule", *_STATE_COLUMNS[2:])
+            await session.execute(
+                _UPDATE_STATE, [dict(zip(names, row, strict=True)) for row in updates]
+            )
     return changes
+
+
+async def _newest_stored(
+    session: AsyncSession, pairs: set[tuple[str, str | None]]
+) -> dict[tuple[str, str | None], int]:
+    """The newest stored point's ts of each (device, key): in the writer's transaction
+    before it merges this batch into latest_values, the newest point evaluated so far."""
+    if not pairs:
+        return {}
+    by_int = {mac_to_int(d): d for d, _ in pairs}
+    found = await session.execute(
+        select(LatestValue.device, TelemetryKey.name, LatestValue.ts)
+        .join(TelemetryKey, TelemetryKey.id == LatestValue.key_id)
+        .where(
+            LatestValue.device.in_(sorted(by_int)),
+            TelemetryKey.name.in_(sorted({k for _, k in pairs if k is not None})),
+        )
+    )
+    newest = {(by_int[device], key): ts for device, key, ts in found}
+    return {pair: ts for pair, ts in newest.items() if pair in pairs}
+
+
+def _watching(device_ids: Sequence[str]) -> Any:
+    """(device id, *RULE_COLUMNS) of each enabled threshold rule and each of `device_ids`
+    in its scope: listed devices, or all of the owner's."""
+    watching = (AlertRule.enabled.is_(True), AlertRule.kind == THRESHOLD)
+    listed = (
+        select(AlertRuleDevice.device_id, *RULE_COLUMNS)
+        .join(AlertRule, AlertRule.id == AlertRuleDevice.rule_id)
+        .where(AlertRuleDevice.device_id.in_(device_ids), AlertRule.scope != SCOPE_ALL, *watching)
+    )
+    everyone = (
+        select(Device.id, *RULE_COLUMNS)
+        .join(Device, Device.owner_id == AlertRule.owner_id)
+        .where(Device.id.in_(device_ids), AlertRule.scope == SCOPE_ALL, *watching)
+    )
+    return union_all(listed, everyone)
+
+
+class Watch:
+    """Which threshold rules watch which devices, kept between batches by a writer: the
+    scope query is the costliest part of evaluating a batch, and its answer changes only
+    when rules do or a device is registered again.
+
+    A rule change is seen by the rules' generation: their count, the sum of their
+    `updated_ms` (which every change moves forward), the highest id and the number of
+    offline rules (with none, no offline alert can be open to clear), read at the start
+    of each batch; a different generation empties the cache. The generation is read
+    before the rules, so a change committed in between is found again next batch. A
+    device is cached with its incarnation (the writer passes its owner and registration
+    time): one deleted and registered again, by anyone, is looked up afresh. A device
+    seen for the first time (an "all devices" rule covers it at once) is looked up too."""
+
+    def __init__(self) -> None:
+        self.offline_rules = 0
+        self._generation: tuple[Any, ...] | None = None
+        self._rules: dict[int, RuleView] = {}
+        self._devices: dict[str, tuple[Hashable, tuple[int, ...]]] = {}
+
+    async def lookup(
+        self,
+        session: AsyncSession,
+        device_ids: Sequence[str],
+        incarnations: Mapping[str, Hashable],
+    ) -> tuple[dict[int, RuleView], dict[str, tuple[int, ...]]]:
+        """The rules by id, and the ids of those watching each device."""
+        generation = tuple(
+            (
+                await session.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(func.sum(AlertRule.updated_ms), 0),
+                        func.coalesce(func.max(AlertRule.id), 0),
+                        func.count().filter(AlertRule.kind == OFFLINE),
+                    )
+                )
+            ).one()
+        )
+        # Offline rules, enabled or not (only they have offline states to clear).
+        self.offline_rules = int(generation[3])
+        if generation != self._generation:
+            self._generation = generation
+            self._rules.clear()
+            self._devices.clear()
+        missing = [
+            d
+            for d in device_ids
+            if (known := self._devices.get(d)) is None or known[0] != incarnations[d]
+        ]
+        if missing:
+            found: dict[str, list[int]] = {d: [] for d in missing}
+            for i in range(0, len(missing), 2000):
+                rows = await session.execute(_watching(missing[i : i + 2000]))
+                for device_id, rule_id, *columns in rows:
+                    if rule_id not in self._rules:
+                        self._rules[rule_id] = RuleView(rule_id, *columns)
+                    found[device_id].append(rule_id)
+            for d in missing:
+                self._devices[d] = (incarnations[d], tuple(sorted(found[d])))
+        return self._rules, {d: self._devices[d][1] for d in device_ids}
+
+
+async def _states_for_update(
+    session: AsyncSession, wanted: set[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[Phase, int]]:
+    """The stored states of these (device, rule) pairs, locked until commit, in key order.
+    Selected by device and by rule (two IN lists, the primary key's prefix) rather than by
+    pairs: a pair list is planned as one OR arm per pair. Pairs outside `wanted` are
+    locked too and ignored: those devices' rows are locked by this writer already."""
+    devices = sorted({d for d, _ in wanted})
+    rule_ids = sorted({r for _, r in wanted})
+    stored: dict[tuple[str, int], tuple[Phase, int]] = {}
+    for i in range(0, len(devices), 2000):
+        found = await session.execute(
+            select(
+                _STATES.c.device_id,
+                _STATES.c.rule_id,
+                _STATES.c.phase,
+                _STATES.c.since_ms,
+                _STATES.c.due_ms,
+                _STATES.c.last_ts,
+                _STATES.c.last_value,
+                _STATES.c.false_ts,
+                _STATES.c.version,
+            )
+            .where(_STATES.c.device_id.in_(devices[i : i + 2000]), _STATES.c.rule_id.in_(rule_ids))
+            .order_by(_STATES.c.device_id, _STATES.c.rule_id)
+            .with_for_update()
+        )
+        for device_id, rule_id, *phase, version in found:
+            if (device_id, rule_id) in wanted:
+                stored[(device_id, rule_id)] = (Phase(*phase), version)
+    return stored
+
+
+_STATE_COLUMNS = (
+    "device_id",
+    "rule_id",
+    "phase",
+    "since_ms",
+    "due_ms",
+    "last_ts",
+    "last_value",
+    "false_ts",
+    "wake_ms",
+    "version",
+)
+# The changed states, one executemany (SQLite) ...
+_UPDATE_STATE = (
+    update(_STATES)
+    .where(_STATES.c.device_id == bindparam("b_device"), _STATES.c.rule_id == bindparam("b_rule"))
+    .values({c: bindparam(c) for c in _STATE_COLUMNS[2:]})
+)
+# ... or one statement over arrays (PostgreSQL: a thousand states are one executor run
+# instead of a thousand, and ten parameters to bind instead of ten thousand).
+_PG_UPDATE_STATES = text(
+    """
+    UPDATE alert_states AS s
+    SET phase = v.phase, since_ms = v.since_ms, due_ms = v.due_ms, last_ts = v.last_ts,
+        last_value = v.last_value, false_ts = v.false_ts, wake_ms = v.wake_ms,
+        version = v.version
+    FROM unnest(
+        CAST(:device_id AS varchar[]), CAST(:rule_id AS integer[]), CAST(:phase AS varchar[]),
+        CAST(:since_ms AS bigint[]), CAST(:due_ms AS bigint[]), CAST(:last_ts AS bigint[]),
+        CAST(:last_value AS double precision[]), CAST(:false_ts AS bigint[]),
+        CAST(:wake_ms AS bigint[]), CAST(:version AS bigint[])
+    ) AS v(device_id, rule_id, phase, since_ms, due_ms, last_ts, last_value, false_ts,
+           wake_ms, version)
+    WHERE s.device_id = v.device_id AND s.rule_id = v.rule_id
+    """
+)
 
 
 def _wake(state: Phase, now_ms: int) -> int | None:
@@ -447,7 +717,7 @@ async def devices_back(session: AsyncSession, *, device_ids: Sequence[str], at_m
     result = await session.execute(
         update(AlertState)
         .where(
-            AlertState.device_id.in_(device_ids),
+            _among(session, AlertState.device_id, device_ids),
             AlertState.phase == FIRING,
             AlertState.rule_id.in_(select(AlertRule.id).where(AlertRule.kind == OFFLINE)),
         )

@@ -309,7 +309,9 @@ async def update_rule(
     for f in RULE_FIELDS:
         if f not in ("devices", "channels"):
             setattr(rule, f, spec[f].strip() if f == "name" else spec[f])
-    rule.updated_ms = epoch_ms()
+    # Strictly later than before, even within one millisecond: the writers' rule cache
+    # (engine.Watch) sees a change by the sum of these.
+    rule.updated_ms = max(epoch_ms(), rule.updated_ms + 1)
     await _link(session, rule, new_devices, new_channels)
     return rule
 

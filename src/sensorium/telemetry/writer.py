@@ -80,6 +80,7 @@ class BatchWriter:
         # crash leaves both or neither; `on_alerts` hears of alerts fired or cleared.
         self._evaluate_alerts = evaluate_alerts
         self._on_alerts = on_alerts
+        self._watch = alerts.Watch()
         self._key_ids: dict[str, int] = {}
         self._series = series.Cache()
         self._task: asyncio.Task[None] | None = None
@@ -263,9 +264,11 @@ class BatchWriter:
                     offline_at_ms=literal(now_ms, BigInteger) + window_s * 1000,
                     **({"transport": self._transport} if self._transport else {}),
                 )
-                .returning(Device.id)
+                .returning(Device.id, Device.owner_id, Device.registered_at)
             )
-            alive = set(result.scalars())
+            # Which registration of each device this is (for the alert rules' cache).
+            incarnations = {d: (owner, registered) for d, owner, registered in result}
+            alive = set(incarnations)
             points: dict[PointKey, float] = {}
             owners: dict[int, Pair] = {}
             for job in jobs:
@@ -279,15 +282,24 @@ class BatchWriter:
                     # Re-inserting moves the key to the end: the later document wins.
                     points.pop((sid, r.ts), None)
                     points[(sid, r.ts)] = r.value
-            if points:
-                await self._store(session, points, owners)
             alerted = False
             if self._evaluate_alerts and alive:
+                # Before the points are stored: latest_values still holds the newest
+                # earlier point, which tells evaluation which of these points are late.
                 by_device: dict[str, list[Reading]] = {}
                 for job in jobs:
                     if job.device_id in alive:
                         by_device.setdefault(job.device_id, []).extend(job.readings)
-                alerted = bool(await alerts.evaluate(session, by_device, now_ms=now_ms))
+                changes = await alerts.evaluate(
+                    session,
+                    by_device,
+                    now_ms=now_ms,
+                    watch=self._watch,
+                    incarnations=incarnations,
+                )
+                alerted = bool(changes)
+            if points:
+                await self._store(session, points, owners)
         return alive, online_now, alerted
 
     async def _store(
