@@ -193,8 +193,8 @@ async def test_killed_inside_the_window_and_restarted_fires_once_at_the_mark(
     stream_dev = await api.device(owner, name="Stream")
     async with webhook_receiver() as receiver:
         channel = await channel_for(api, owner, receiver)
-        # "For 5 s" with one live point: the server's timer decides (server time).
-        timer_rule = await co2_rule(api, owner, timer_dev.id, channel, duration_s=5)
+        # "For 8 s" with one live point: the server's timer decides (server time).
+        timer_rule = await co2_rule(api, owner, timer_dev.id, channel, duration_s=8)
         # "For 5 min" with device timestamps: the points decide.
         stream_rule = await co2_rule(api, owner, stream_dev.id, channel, duration_s=300)
         workers.start("w1", "--no-shared")
@@ -206,7 +206,7 @@ async def test_killed_inside_the_window_and_restarted_fires_once_at_the_mark(
         ts = epoch_ms()
         await publish(timer, [{"ts": ts, "values": {"co2": 1300}}])
         state = await pending(sessions, timer_rule, timer_dev.id)
-        assert (state.since_ms, state.due_ms) == (ts, ts + 5000)
+        assert (state.since_ms, state.due_ms) == (ts, ts + 8000)
         assert state.wake_ms is not None
         wake_ms = state.wake_ms
         # Stream: minutes 0..2 above, stored; the window is open.
@@ -232,8 +232,8 @@ async def test_killed_inside_the_window_and_restarted_fires_once_at_the_mark(
         workers.start("w1", "--no-shared")
 
         alert, delivery = await fired_once(sessions, timer_rule, receiver)
-        # Fired at the 5-second mark of the point, and not before the server's timer.
-        assert (alert.fired_ms, alert.value) == (ts + 5000, 1300)
+        # Fired at the 8-second mark of the point, and not before the server's timer.
+        assert (alert.fired_ms, alert.value) == (ts + 8000, 1300)
         assert delivery.created_ms >= wake_ms
         alert, delivery = await fired_once(sessions, stream_rule, receiver)
         assert (alert.fired_ms, alert.value) == (t0 + 5 * MIN, 1255)
