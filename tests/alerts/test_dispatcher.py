@@ -75,9 +75,15 @@ async def test_the_digest_goes_once_the_oldest_held_has_waited_a_window(
                 select(func.min(Delivery.created_ms)).where(Delivery.status == "held")
             )
         assert held is not None
-        # Within the window: the allowance is used, nothing more goes out.
+        async with sessions_of(api)() as session:
+            claimed = await session.scalar(select(NotificationChannel.dispatched_ms))
+        assert claimed == newest
+        # Within the window: the allowance is used, nothing more goes out, and the
+        # channel is not even locked for it.
         assert await dispatcher.run_once(now_ms=held + WINDOW_MS - 1) == 0
         assert await statuses(api) == {"succeeded": 3, "held": 4}
+        async with sessions_of(api)() as session:
+            assert await session.scalar(select(NotificationChannel.dispatched_ms)) == claimed
         # A window after the first held one was made: one digest of the four.
         assert await dispatcher.run_once(now_ms=held + WINDOW_MS) == 1
         assert await statuses(api) == {"succeeded": 4, "digested": 4}

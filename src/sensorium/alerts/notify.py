@@ -23,7 +23,7 @@ from typing import Any
 import aiosmtplib
 import httpx
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.alerts.models import (
@@ -101,12 +101,22 @@ class Dispatcher:
         """Send what is due on every channel; returns how many sends were attempted."""
         now_ms = now_ms if now_ms is not None else epoch_ms()
         async with self._sessions() as session:
+            # Channels with something to send, or held deliveries due for their digest (a
+            # channel holding some for the rest of its window is not locked every tick).
             channel_ids = list(
                 await session.scalars(
                     select(Delivery.channel_id)
                     .where(
-                        Delivery.status.in_((D_PENDING, D_SENDING, D_HELD)),
-                        Delivery.next_ms <= now_ms,
+                        or_(
+                            and_(
+                                Delivery.status.in_((D_PENDING, D_SENDING)),
+                                Delivery.next_ms <= now_ms,
+                            ),
+                            and_(
+                                Delivery.status == D_HELD,
+                                Delivery.created_ms <= now_ms - self._window_ms,
+                            ),
+                        )
                     )
                     .distinct()
                 )
