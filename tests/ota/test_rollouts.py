@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sensorium.db import epoch_ms
+from sensorium.ota import service as ota_service
 from sensorium.ota.models import OtaJob, Rollout
 from sensorium.ota.runner import OtaRunner
 from tests.helpers import Account, Api, RegisteredDevice
@@ -446,3 +447,28 @@ async def test_bad_rollouts_are_4xx_and_store_nothing(api: Api) -> None:
     )
     assert (r.status_code, r.json()["error"]["code"]) == (422, "no_devices")
     assert await count(api, Rollout) == 1
+
+
+async def test_a_replayed_status_may_prove_an_update_but_never_fail_it(api: Api) -> None:
+    """A retained status the broker replays to a resubscribing worker (`fresh=False`) is
+    old news: its old version does not fail an update under way; the target version in it
+    is still proof."""
+    owner, [device] = await fleet(api, 1)
+    fw = await uploaded(api, owner, image())
+    created = await rollout(api, owner, firmware_id=fw["id"], devices=[device.id])
+    found = await assignment(api, device)
+    assert found is not None
+    assert (await progress(api, device, found["job"], "UPDATING")).status_code == 200
+    sessions = ctx_of(api).sessions
+    async with sessions() as session, session.begin():
+        changed = await ota_service.record_version(
+            session, device_id=device.id, fw="1.2.0", fresh=False
+        )
+    assert changed.jobs == []
+    assert (await get_rollout(api, owner, created["id"]))["jobs"][0]["state"] == "UPDATING"
+    async with sessions() as session, session.begin():
+        changed = await ota_service.record_version(
+            session, device_id=device.id, fw="1.3.0", fresh=False
+        )
+    assert [j.state for j in changed.jobs] == ["UPDATED"]
+    assert (await get_rollout(api, owner, created["id"]))["jobs"][0]["state"] == "UPDATED"
