@@ -440,9 +440,14 @@ def ota_keygen(
         err.print(f"[red]error:[/] {path} exists; a new key would orphan every flashed device")
         raise typer.Exit(1) from None
     keys = OtaKeys(public)
-    console.print(f"wrote {path} (private, mode 0600) and {public_path(path)} (public)")
-    console.print(f"public key for the firmware: [bold]{keys.public_key_b64}[/]")
-    console.print(f"configure the server: SENSORIUM_OTA_SIGNING_KEY={path.resolve()}")
+    # soft_wrap: paths and the key stay on one line, to be copied as they are.
+    console.print(
+        f"wrote {path} (private, mode 0600) and {public_path(path)} (public)", soft_wrap=True
+    )
+    console.print(f"public key for the firmware: [bold]{keys.public_key_b64}[/]", soft_wrap=True)
+    console.print(
+        f"configure the server: SENSORIUM_OTA_SIGNING_KEY={path.resolve()}", soft_wrap=True
+    )
 
 
 @user_app.command("create")
