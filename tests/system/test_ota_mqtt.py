@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sensorium.protocol.ota import OtaAssignment, parse_assignment
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.helpers import Api, RegisteredDevice
-from tests.system.conftest import Device, registered, wait_for
+from tests.system.conftest import Device, provisioned, registered, wait_for
 from tests.system.test_mqtt import connect
 
 pytestmark = pytest.mark.usefixtures("devices")
@@ -169,3 +169,19 @@ async def test_failure_over_mqtt_is_recorded_with_its_reason_and_the_assignment_
         return _assignments(device)[-1:] == [b""]
 
     assert await wait_for(cleared)
+
+
+async def test_a_deleted_devices_assignment_is_not_left_for_its_mac(
+    mqtt_api: Api, broker: EmbeddedBroker, devices: list[Device]
+) -> None:
+    [reg] = await registered(mqtt_api)
+    device = await _boot(mqtt_api, broker, devices, reg, "1.2.0")
+    await _rollout(mqtt_api, reg.owner.headers, [reg.id])
+    await _received(device)
+    device.stop()
+    r = await mqtt_api.client.delete(f"/api/v1/devices/{reg.id}", headers=reg.owner.headers)
+    assert r.status_code == 204
+    again = await mqtt_api.device(reg.owner, mac=reg.id)
+    await provisioned(mqtt_api)
+    fresh = await _boot(mqtt_api, broker, devices, again, "1.2.0")
+    assert [p for p in _assignments(fresh) if p] == []

@@ -176,10 +176,12 @@ class ControlPlane:
             log.warning("desired state of %s published later: %s", device_id, exc)
 
     async def clear_desired(self, device_id: str) -> None:
-        """Remove the retained desired state (the device was deleted)."""
+        """Remove the retained desired state and update assignment (the device was
+        deleted)."""
         if self.downlink is not None:
             with contextlib.suppress(DownlinkUnavailable):
                 await self.downlink.publish(state_desired_topic(device_id), b"", retain=True)
+                await self.downlink.publish(ota_topic(device_id), b"", retain=True)
 
     async def publish_ota(self, device_id: str, *, clear: bool = True) -> None:
         """Publish the device's firmware update assignment in force, retained, or clear
