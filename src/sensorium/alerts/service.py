@@ -3,7 +3,6 @@ the CLI and the tests call them). Someone else's rule, alert or channel is NotFo
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -11,8 +10,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,6 +36,7 @@ from sensorium.devices.models import Device
 from sensorium.devices.service import get_device
 from sensorium.errors import Conflict, Invalid, NotFound
 from sensorium.users.models import User
+from sensorium.users.security import derived_fernet
 
 WEBHOOK = "webhook"
 EMAIL = "email"
@@ -81,10 +79,7 @@ def _channel_not_found(channel_id: int, field: str = "channel_id") -> NotFound:
 
 
 def _fernet(secret_key: str) -> Fernet:
-    key = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"sensorium webhook secrets"
-    ).derive(secret_key.encode())
-    return Fernet(base64.urlsafe_b64encode(key))
+    return derived_fernet(secret_key, b"sensorium webhook secrets")
 
 
 def encrypt_secret(secret: str, *, secret_key: str) -> str:

@@ -8,7 +8,6 @@ the whole broker with the database and repairs drift (`sensorium broker sync`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -16,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,6 +24,7 @@ from sensorium.broker.models import BrokerChange
 from sensorium.db import utcnow
 from sensorium.devices.models import Device, DeviceCredential
 from sensorium.protocol import is_canonical_mac
+from sensorium.users.security import derived_fernet
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,7 @@ DELETE = "delete"
 
 
 def _fernet(secret_key: str) -> Fernet:
-    key = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"sensorium broker outbox"
-    ).derive(secret_key.encode())
-    return Fernet(base64.urlsafe_b64encode(key))
+    return derived_fernet(secret_key, b"sensorium broker outbox")
 
 
 class Outbox:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import uuid
@@ -11,6 +12,9 @@ from datetime import timedelta
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sensorium.config import Settings
 from sensorium.db import utcnow
@@ -95,3 +99,12 @@ class Auth:
             return int(claims["sub"])
         except (TypeError, ValueError):
             raise NotAuthenticated("invalid access token", code="invalid_token") from None
+
+
+def derived_fernet(secret_key: str, purpose: bytes) -> Fernet:
+    """A Fernet whose key is derived (HKDF-SHA256) from the server's secret key for one
+    purpose, so secrets stored for one use cannot be decrypted as another's."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
+        secret_key.encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(key))
