@@ -32,6 +32,7 @@ USER_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("PUT", "/api/v1/devices/{id}/controls", [{"key": "relay", "kind": "switch"}]),
     ("POST", "/api/v1/devices/{id}/commands", {"name": "ping"}),
     ("GET", "/api/v1/devices/{id}/commands/{cid}", None),
+    ("GET", "/api/v1/devices/{id}/ota/jobs", None),
 ]
 # Endpoints both the owner and the device itself use (PROTOCOL.md: devices poll them).
 SHARED_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -65,6 +66,7 @@ USER_COLLECTION_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/v1/firmware", None),
     ("GET", "/api/v1/firmware/public-key", None),
     ("GET", "/api/v1/rollouts", None),
+    ("GET", "/api/v1/rollouts/events", None),
     ("POST", "/api/v1/rollouts", {"firmware_id": 1, "devices": ["02:00:00:00:00:01"]}),
 ]
 # Alert endpoints: {rule_id}, {alert_id}, {channel_id} are the device owner's.
@@ -91,6 +93,11 @@ OTA_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/v1/rollouts/{rollout_id}/resume", None),
     ("POST", "/api/v1/rollouts/{rollout_id}/cancel", None),
     ("POST", "/api/v1/rollouts/{rollout_id}/devices/{id}/retry", None),
+]
+# Streams: the owner's answer never ends, so only the refusals are checked here (the
+# owner's stream: tests/e2e/test_ota_stream.py).
+OTA_STREAM_ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("GET", "/api/v1/rollouts/{rollout_id}/events", None),
 ]
 # The device's side of OTA: its progress and the image of its assignment ({job}).
 OTA_DEVICE_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -159,6 +166,7 @@ def test_every_route_is_classified(settings: Settings) -> None:
         + SITE_ENDPOINTS
         + ALERT_ENDPOINTS
         + OTA_ENDPOINTS
+        + OTA_STREAM_ENDPOINTS
         + OTA_DEVICE_ENDPOINTS
     } | PUBLIC_ENDPOINTS
     # The OpenAPI document lists every API route (the docs pages themselves excluded).
@@ -451,7 +459,7 @@ async def _ota_snapshot(api: Api, headers: dict[str, str], ids: dict[str, Any]) 
     return [firmware.json(), rollout.json(), image.content]
 
 
-@pytest.mark.parametrize(("method", "path", "body"), OTA_ENDPOINTS)
+@pytest.mark.parametrize(("method", "path", "body"), OTA_ENDPOINTS + OTA_STREAM_ENDPOINTS)
 async def test_another_users_firmware_and_rollouts_are_404_and_untouched(
     api: Api, method: str, path: str, body: Any
 ) -> None:
@@ -475,6 +483,8 @@ async def test_another_users_firmware_and_rollouts_are_404_and_untouched(
         r = await api.client.request(method, url, json=body, headers=headers)
         assert r.status_code == 401, r.text
         assert r.headers["WWW-Authenticate"] == "Bearer"
+    if (method, path, body) in OTA_STREAM_ENDPOINTS:
+        return
     r = await api.client.request(method, url, json=body, headers=owner.headers)
     # The owner's request gets through (a state conflict, e.g. resuming a running
     # rollout or deleting an image in use, is its own answer).

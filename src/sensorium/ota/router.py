@@ -17,10 +17,12 @@ from sensorium.api.deps import BearerDep, ContextDep, CurrentDevice, CurrentUser
 from sensorium.api.errors import error_response
 from sensorium.devices import service as devices
 from sensorium.errors import Forbidden, NotAuthenticated, NotFound
-from sensorium.ota import service
+from sensorium.ota import live, service
 from sensorium.ota.delivery import deliver
 from sensorium.ota.models import Firmware, Rollout
 from sensorium.ota.schemas import (
+    DeviceJob,
+    DeviceJobList,
     FirmwareList,
     FirmwarePublic,
     JobPublic,
@@ -302,6 +304,45 @@ async def list_rollouts(
     return RolloutList(items=[await _rollout_public(session, r) for r in rollouts])
 
 
+@router.get("/rollouts/events", response_class=StreamingResponse)
+async def rollouts_events(
+    user: CurrentUser, session: SessionDep, ctx: ContextDep
+) -> StreamingResponse:
+    """Server-Sent Events: `rollouts` (`{"items": [...]}`, as GET /rollouts) first, then a
+    `rollout` event (one rollout with its counts) shortly after its devices' updates
+    moved."""
+    devices_ = await live.owned_devices(session, owner_id=user.id)
+    await session.close()  # do not hold a connection for the life of the stream
+    return _event_stream(
+        live.rollouts_stream(ctx.sessions, ctx.bus, owner_id=user.id, devices=devices_)
+    )
+
+
+@router.get("/rollouts/{rollout_id}/events", response_class=StreamingResponse)
+async def rollout_events(
+    rollout_id: int, user: CurrentUser, session: SessionDep, ctx: ContextDep
+) -> StreamingResponse:
+    """Server-Sent Events of one rollout: `rollout` (as GET /rollouts/{id}, every job)
+    first and whenever the rollout itself changes; a `job` event (`{"job": {...}}`) for
+    each change of a device's job, then `summary` (the rollout's counts, without jobs)."""
+    rollout = await service.get_rollout(session, owner=user, rollout_id=rollout_id)
+    devices_ = await live.rollout_devices(session, rollout.id)
+    await session.close()
+    return _event_stream(
+        live.rollout_stream(
+            ctx.sessions, ctx.bus, owner_id=user.id, rollout_id=rollout.id, devices=devices_
+        )
+    )
+
+
+def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 @router.get("/rollouts/{rollout_id}")
 async def get_rollout(rollout_id: int, user: CurrentUser, session: SessionDep) -> RolloutDetail:
     """The rollout with every device's job: state, progress, error and history."""
@@ -347,6 +388,19 @@ async def retry_device(
     await session.commit()
     await deliver(ctx.control, ctx.bus, changed)
     return public
+
+
+@router.get("/devices/{device_id}/ota/jobs")
+async def device_firmware_history(
+    device_id: str, user: CurrentUser, session: SessionDep
+) -> DeviceJobList:
+    """The device's firmware history: its update jobs (newest first, at most 50), each
+    with the version its rollout installs."""
+    device = await devices.get_device(session, owner=user, device_id=device_id)
+    rows = await service.device_jobs(session, device_id=device.id)
+    return DeviceJobList(
+        items=[DeviceJob.model_validate(service.device_job_public(j, r)) for j, r in rows]
+    )
 
 
 # --- the device's side ---------------------------------------------------------------------

@@ -98,6 +98,17 @@ class JobPublic(BaseModel):
     history: list[HistoryEntry]
 
 
+class DeviceJob(JobPublic):
+    """One update of a device, in its firmware history."""
+
+    version: str = Field(description="The version the rollout installs")
+    rollout_state: RolloutState
+
+
+class DeviceJobList(BaseModel):
+    items: list[DeviceJob]
+
+
 class RolloutPublic(BaseModel):
     id: int
     firmware_id: int | None

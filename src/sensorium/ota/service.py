@@ -799,6 +799,38 @@ async def advance(session: AsyncSession, *, now_ms: int | None = None) -> Change
     return changed
 
 
+# --- what the dashboard shows ---------------------------------------------------------------
+
+
+async def device_jobs(
+    session: AsyncSession, *, device_id: str, limit: int = 50
+) -> list[tuple[OtaJob, Rollout]]:
+    """A device's update jobs with their rollouts, newest first: its firmware history."""
+    rows = await session.execute(
+        select(OtaJob, Rollout)
+        .join(Rollout, Rollout.id == OtaJob.rollout_id)
+        .where(OtaJob.device_id == device_id)
+        .order_by(OtaJob.id.desc())
+        .limit(limit)
+        .execution_options(populate_existing=True)
+    )
+    return [(job, rollout) for job, rollout in rows]
+
+
+async def firmware_usage(session: AsyncSession, *, owner: User) -> dict[int, list[Rollout]]:
+    """The owner's rollouts by the image they roll out, newest first."""
+    rollouts = await session.scalars(
+        select(Rollout)
+        .where(Rollout.owner_id == owner.id, Rollout.firmware_id.is_not(None))
+        .order_by(Rollout.id.desc())
+    )
+    usage: dict[int, list[Rollout]] = {}
+    for rollout in rollouts:
+        assert rollout.firmware_id is not None
+        usage.setdefault(rollout.firmware_id, []).append(rollout)
+    return usage
+
+
 # --- public documents ----------------------------------------------------------------------
 
 
@@ -859,6 +891,11 @@ def rollout_public(rollout: Rollout, by_state: dict[str, int]) -> dict[str, Any]
         "updated_at": _iso(rollout.updated_ms),
         "finished_at": _iso(rollout.finished_ms),
     }
+
+
+def device_job_public(job: OtaJob, rollout: Rollout) -> dict[str, Any]:
+    """A job in a device's firmware history: with the version and the rollout's state."""
+    return {**job_public(job), "version": rollout.version, "rollout_state": rollout.state}
 
 
 def job_event(job: OtaJob, *, now_ms: int) -> Event:
