@@ -78,20 +78,20 @@ def test_batch_entries_without_ts_are_stamped_now() -> None:
 
 
 def test_booleans_become_one_and_zero_and_ints_become_floats() -> None:
-    readings = parse({"relay": True, "door": False, "count": 7, "big": 2**63})
+    readings = parse({"relay": True, "door": False, "count": 7, "big": 2**59})
     assert readings == [
         Reading(NOW, "relay", 1.0),
         Reading(NOW, "door", 0.0),
         Reading(NOW, "count", 7.0),
-        Reading(NOW, "big", float(2**63)),
+        Reading(NOW, "big", float(2**59)),
     ]
     assert all(type(r.value) is float for r in readings)
 
 
 def test_negative_zero_and_extreme_finite_values_are_kept() -> None:
-    assert parse({"a": -0.0, "b": 1.7976931348623157e308, "c": 5e-324, "d": -12}) == [
+    assert parse({"a": -0.0, "b": -1e18, "c": 5e-324, "d": -12}) == [
         Reading(NOW, "a", -0.0),
-        Reading(NOW, "b", 1.7976931348623157e308),
+        Reading(NOW, "b", -1e18),
         Reading(NOW, "c", 5e-324),
         Reading(NOW, "d", -12.0),
     ]
@@ -261,6 +261,19 @@ def test_batch_value_error_names_the_entry_and_key() -> None:
 def test_non_finite_values_from_python_callers(value: float) -> None:
     error = rejection({"values": {"temp": value}})
     assert (error.code, error.field) == ("invalid_value", "values.temp")
+
+
+@pytest.mark.parametrize("value", [1e18, -1e18, 10**18, -(10**18), 999_999_999_999_999_999])
+def test_values_up_to_1e18_are_kept(value: float) -> None:
+    assert parse({"big": value}) == [Reading(NOW, "big", float(value))]
+
+
+@pytest.mark.parametrize("raw", [b"1.0000001e18", b"-1e19", b"1000000000000000001", b"1.7e308"])
+def test_values_beyond_1e18_are_out_of_range(raw: bytes) -> None:
+    error = outcome(lambda: parse_telemetry(b'{"power": ' + raw + b"}", now_ms=NOW))
+    assert isinstance(error, PayloadError)
+    assert (error.code, error.field) == ("invalid_value", "values.power")
+    assert error.message == "value of 'power' is out of range: readings are limited to ±1e18"
 
 
 class Mode(enum.IntEnum):
@@ -433,8 +446,8 @@ KEY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 keys = st.text(alphabet=KEY_CHARS, min_size=1, max_size=MAX_KEY_LENGTH)
 values = st.one_of(
     st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**64 - 1),
-    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(10**18), max_value=10**18),
+    st.floats(min_value=-1e18, max_value=1e18),
 )
 epoch_ms = st.integers(min_value=0, max_value=NOW + FUTURE_TOLERANCE_MS)
 offsets = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59)
@@ -553,7 +566,7 @@ def test_any_decoded_document_yields_readings_or_a_payload_error(
     else:
         assert result
         assert len({(r.key, r.ts) for r in result}) == len(result)
-        assert all(math.isfinite(r.value) for r in result)
+        assert all(abs(r.value) <= 1e18 for r in result)
 
 
 @settings(database=None, deadline=None)

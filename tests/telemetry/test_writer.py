@@ -16,7 +16,7 @@ from sensorium.devices.models import Device
 from sensorium.errors import NotFound
 from sensorium.protocol import Reading, mac_to_int
 from sensorium.telemetry.models import LatestValue, Point, Series
-from sensorium.telemetry.writer import BatchWriter
+from sensorium.telemetry.writer import BatchWriter, Unstorable
 from sensorium.users.models import User
 
 
@@ -172,3 +172,23 @@ async def test_large_batches_overwrite_and_keep_latest_newest(env: Any) -> None:
     assert values[start - 1000] == 3.0
     assert latest is not None
     assert (latest.ts, latest.value) == (start + 499, 2.0)
+
+
+async def test_a_document_the_database_refuses_for_its_data_fails_as_unstorable(
+    env: Any, settings: Settings
+) -> None:
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite stores a float overflow as infinity: it refuses no value")
+    writer = BatchWriter(env, offline_after_s=60)
+    await writer.start()
+    ts = int(time.time() * 1000) - 1000
+    # Past the protocol's limit (the writer does not check it): the second one overflows
+    # the minute rollup's sum, which PostgreSQL refuses ("value out of range").
+    assert await writer.write("020000000000", [Reading(ts, "v", 1.7e308)]) == 1
+    with pytest.raises(Unstorable, match="value out of range") as caught:
+        await writer.write("020000000000", [Reading(ts + 1, "v", 1.7e308)])
+    assert caught.value.code == "unstorable"
+    # Other documents are stored as before.
+    assert await writer.write("020000000001", readings(3)) == 3
+    await writer.stop()
+    assert await count(env, Point) == 4

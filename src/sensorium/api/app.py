@@ -157,6 +157,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    # The MQTT side of this process (ingest, provisioning), when it has one.
+    app.state.mqtt = mqtt
     app.add_middleware(MetricsMiddleware)
     install_error_handlers(app)
 

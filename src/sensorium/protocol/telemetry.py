@@ -30,6 +30,11 @@ _ENTRY_MEMBERS = ("ts", "values")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _INF = float("inf")
+# Readings beyond ±1e18 are refused: no sensor reads them, and with them sums and
+# averages over a bucket, and energy's power x time, could overflow a double (PostgreSQL
+# raises "value out of range" on float8 overflow, so one such device could make its
+# rollups, and the writer's batch, fail for good).
+MAX_ABS_VALUE = 1e18
 # Longer than any date-time fromisoformat accepts; spares it from parsing junk.
 _MAX_ISO_LENGTH = 64
 _MISSING: Any = object()
@@ -129,14 +134,13 @@ def _collect(values: dict[Any, Any], ts: int, index: int | None, out: list[Readi
         # Exact type checks first: JSON decoders only produce these, and bool is an int subclass.
         kind = type(value)
         if kind is float:
-            if not -_INF < value < _INF:
+            if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
                 raise _bad_value(key, value, index)
             append(Reading(ts, key, value))
         elif kind is int:
-            try:
-                append(Reading(ts, key, float(value)))
-            except OverflowError:
-                raise _bad_value(key, value, index) from None
+            if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+                raise _bad_value(key, value, index)
+            append(Reading(ts, key, float(value)))
         elif kind is bool:
             append(Reading(ts, key, 1.0 if value else 0.0))
         else:
@@ -150,7 +154,7 @@ def _unusual_value(key: str, value: object, index: int | None) -> float:
             number = float(value)
         except OverflowError:
             number = _INF
-        if -_INF < number < _INF:
+        if -MAX_ABS_VALUE <= number <= MAX_ABS_VALUE:
             return number
     raise _bad_value(key, value, index)
 
@@ -244,11 +248,11 @@ def _bad_key(key: object, index: int | None) -> PayloadError:
 
 
 def _bad_value(key: str, value: object, index: int | None) -> PayloadError:
-    if isinstance(value, float):
+    if isinstance(value, float) and not -_INF < value < _INF:
         shown = "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
         problem = f"value of {key!r} must be a finite number, got {shown}"
-    elif isinstance(value, int) and not isinstance(value, bool):
-        problem = f"value of {key!r} is too large to store as a 64-bit float"
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        problem = f"value of {key!r} is out of range: readings are limited to ±1e18"
     else:
         problem = f"value of {key!r} must be a number or boolean, got {json_type(value)}"
     return _error("invalid_value", index, f"values.{key}", problem)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import BigInteger, func, literal, select, tuple_, update
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sensorium.alerts import engine as alerts
@@ -24,7 +25,7 @@ from sensorium.config import Settings
 from sensorium.db import dialect_insert, epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceStatusEvent
 from sensorium.devices.service import OFFLINE_INTERVALS
-from sensorium.errors import NotFound, SensoriumError
+from sensorium.errors import Invalid, NotFound, SensoriumError
 from sensorium.live.bus import LiveBus, status_event, telemetry_event
 from sensorium.protocol import Reading, mac_to_int
 from sensorium.telemetry import rollups, series
@@ -37,6 +38,25 @@ log = logging.getLogger(__name__)
 
 class WriterOverloaded(SensoriumError):
     code = "overloaded"
+
+
+class Unstorable(Invalid):
+    """The database refused a document for what it holds (a data exception), not for
+    being unavailable: storing it again would fail again."""
+
+    code = "unstorable"
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A refusal for the data itself: SQLSTATE class 22 ("data exception", e.g. a float
+    overflow), which no retry cures. Connection losses, lock timeouts, serialization
+    failures and the like are not: those are worth retrying."""
+    if isinstance(exc, DataError):
+        return True
+    if isinstance(exc, DBAPIError):
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return isinstance(state, str) and state.startswith("22")
+    return False
 
 
 @dataclass(slots=True)
@@ -71,6 +91,8 @@ class BatchWriter:
         self._max_batch = max_batch
         self._max_linger_s = max_linger_s
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
+        # Set when the writer has taken jobs off a queue that may have been full.
+        self._room = asyncio.Event()
         self._bus = bus
         # How the readings came ("mqtt", "http"): recorded on the device, which decides
         # where its commands go; `on_online` hears of devices this data brought online.
@@ -130,6 +152,16 @@ class BatchWriter:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
         return future
 
+    def full(self) -> bool:
+        return self._queue.full()
+
+    async def wait_for_room(self) -> None:
+        """Until `submit` would not be refused for a full queue (MQTT ingest waits here
+        rather than drop a message: the broker keeps the rest meanwhile)."""
+        while self._queue.full():
+            self._room.clear()
+            await self._room.wait()
+
     async def write(self, device_id: str, readings: Sequence[Reading]) -> int:
         return await self.submit(device_id, readings)
 
@@ -140,6 +172,7 @@ class BatchWriter:
             if first is None:
                 break
             jobs, stopping = await self._collect(first)
+            self._room.set()
             await self._flush(jobs)
 
     async def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
@@ -181,6 +214,10 @@ class BatchWriter:
                     await self._flush([job], retried=True)
                 return
             log.exception("writing telemetry of device %s failed", jobs[0].device_id)
+            if is_data_error(exc):
+                exc = Unstorable(
+                    f"the database refused these readings: {_first_line(exc)}", code="unstorable"
+                )
             _fail(jobs[0], exc)
             return
         now_ms = epoch_ms()
@@ -401,6 +438,12 @@ async def _overwrite(session: AsyncSession, points: dict[PointKey, float]) -> li
             update(Point), [{"series": s, "ts": t, "value": points[(s, t)]} for s, t in changed]
         )
     return changed
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc)
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
 def _fail(job: _Job, exc: BaseException) -> None:

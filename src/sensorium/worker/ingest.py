@@ -51,12 +51,14 @@ from sensorium.protocol import (
     uplink_subscriptions,
 )
 from sensorium.protocol.ota import parse_progress
-from sensorium.telemetry.writer import BatchWriter
-from sensorium.worker.acks import AckQueue
+from sensorium.telemetry.writer import BatchWriter, Unstorable
+from sensorium.worker.acks import AckQueue, Pending
 
 log = logging.getLogger(__name__)
 
 
+# The longest wait between attempts to store telemetry while the database is failing.
+RETRY_MAX_S = 30.0
 # Tries to store a status, log, state or result message before giving up (~6 s of retries).
 CONTROL_ATTEMPTS = 5
 # Few and small: handled one at a time, in order, after the device's pending telemetry.
@@ -112,13 +114,16 @@ class MqttIngest:
         self._bus = bus
         self._control_plane = control
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        # (connection generation, message): see AckQueue.
+        self._inbox: asyncio.Queue[tuple[int, mqtt.MQTTMessage] | None] = asyncio.Queue()
         # Status and log messages are few; one queue keeps each device's in order.
-        self._control: asyncio.Queue[tuple[mqtt.MQTTMessage, Any] | None] = asyncio.Queue()
+        self._control: asyncio.Queue[tuple[mqtt.MQTTMessage, Pending] | None] = asyncio.Queue()
         self._consumer: asyncio.Task[None] | None = None
         self._controller: asyncio.Task[None] | None = None
         self._client: mqtt.Client | None = None
         self._acks = AckQueue(self._send_ack)
+        # Counted in paho's thread, at each CONNACK: which connection a message came on.
+        self._generation = 0
         self._connected = asyncio.Event()
         self._rejects = RejectLog()
         self._retries: set[asyncio.Task[None]] = set()
@@ -201,7 +206,15 @@ class MqttIngest:
             if idle and time.monotonic() - self._last_message_at >= quiet_s:
                 return
             await asyncio.sleep(0.05)
-        log.warning("stopping with %d message(s) not yet acknowledged", len(self._acks))
+        oldest = self._acks.oldest()
+        log.warning(
+            "stopping with %d message(s) not yet acknowledged%s",
+            len(self._acks),
+            ""
+            if oldest is None
+            else f"; the oldest ({oldest.topic}) waits since "
+            f"{time.monotonic() - oldest.received_at:.1f} s",
+        )
 
     # --- paho thread callbacks -----------------------------------------------------------
 
@@ -221,7 +234,8 @@ class MqttIngest:
             log.error("MQTT connection refused: %s", reason)
             return
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._acks.new_connection)
+        self._generation += 1
+        self._loop.call_soon_threadsafe(self._acks.new_connection, self._generation)
         # Subscribing again on a present session is harmless and repairs a subscription
         # the broker refused earlier (e.g. before its ACLs were brought up to date).
         client.subscribe([(topic, 1) for topic in self._subscriptions()])
@@ -260,11 +274,12 @@ class MqttIngest:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._inbox.put_nowait, message)
+        self._loop.call_soon_threadsafe(self._inbox.put_nowait, (self._generation, message))
 
-    def _send_ack(self, mid: int, qos: int) -> None:
+    def _send_ack(self, mid: int, qos: int, generation: int) -> None:
         client = self._client
-        if client is not None:
+        # The event loop may not have heard of a reconnection yet; paho's thread has.
+        if client is not None and generation == self._generation:
             rc = client.ack(mid, qos)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 log.debug("ack of %s not sent: %s", mid, rc)
@@ -272,9 +287,16 @@ class MqttIngest:
     # --- event loop side -----------------------------------------------------------------
 
     async def _consume(self) -> None:
-        while (message := await self._inbox.get()) is not None:
+        while (item := await self._inbox.get()) is not None:
+            generation, message = item
             self._last_message_at = time.monotonic()
-            entry = self._acks.track(message.mid, message.qos)
+            entry = self._acks.track(
+                message.mid, message.qos, generation=generation, topic=message.topic
+            )
+            if self._writer.full():
+                # Back-pressure instead of a dropped message: while this waits, the broker
+                # holds what comes next (at most `receive_maximum` unacknowledged).
+                await self._writer.wait_for_room()
             try:
                 self._dispatch(message, entry)
             except Exception:
@@ -282,7 +304,7 @@ class MqttIngest:
                 log.exception("unexpected error handling %s", message.topic)
                 self._acks.complete(entry)
 
-    def _dispatch(self, message: mqtt.MQTTMessage, entry: Any) -> None:
+    def _dispatch(self, message: mqtt.MQTTMessage, entry: Pending) -> None:
         parsed = parse_uplink_topic(message.topic)
         if parsed is None:
             self._reject("-", "unknown_topic", message.topic)
@@ -302,13 +324,17 @@ class MqttIngest:
             assert parsed.kind in CONTROL_KINDS
             self._control.put_nowait((message, entry))
 
-    def _submit(self, device_id: str, readings: Sequence[Reading], entry: Any) -> None:
+    def _submit(self, device_id: str, readings: Sequence[Reading], entry: Pending) -> None:
         future = self._writer.submit(device_id, readings)
         self._pending_writes[device_id] = future
         future.add_done_callback(lambda f: self._written(f, device_id, readings, entry))
 
     def _written(
-        self, future: asyncio.Future[int], device_id: str, readings: Sequence[Reading], entry: Any
+        self,
+        future: asyncio.Future[int],
+        device_id: str,
+        readings: Sequence[Reading],
+        entry: Pending,
     ) -> None:
         if self._pending_writes.get(device_id) is future:
             del self._pending_writes[device_id]
@@ -320,18 +346,32 @@ class MqttIngest:
             INGEST_POINTS.labels("mqtt").inc(future.result())
         elif isinstance(exc, NotFound):
             self._reject(device_id, "unknown_device", str(exc))
+        elif isinstance(exc, Unstorable):
+            # Refused for its content: retrying would hold every later ack for ever.
+            self._reject(device_id, exc.code, exc.message)
         else:
             # The database failed: keep the message unacknowledged and try again, so
             # nothing is lost and later acks wait behind it (they must stay in order).
-            log.error("storing telemetry of %s failed (%s); retrying", device_id, exc)
-            task = asyncio.create_task(self._retry(device_id, readings, entry))
+            entry.attempts += 1
+            delay = min(RETRY_MAX_S, 0.5 * 2**entry.attempts)
+            log.error(
+                "storing telemetry of %s failed (%s); retry %d in %.0f s",
+                device_id,
+                exc,
+                entry.attempts,
+                delay,
+            )
+            task = asyncio.create_task(self._retry(device_id, readings, entry, delay))
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
             return
         self._acks.complete(entry)
 
-    async def _retry(self, device_id: str, readings: Sequence[Reading], entry: Any) -> None:
-        await asyncio.sleep(1.0)
+    async def _retry(
+        self, device_id: str, readings: Sequence[Reading], entry: Pending, delay: float
+    ) -> None:
+        await asyncio.sleep(delay)
+        await self._writer.wait_for_room()
         self._submit(device_id, readings, entry)
 
     async def _consume_control(self) -> None:
