@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import signal
@@ -13,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +31,15 @@ from sensorium.db import create_engine, session_factory
 from sensorium.devices import service as devices
 from sensorium.errors import SensoriumError
 from sensorium.live.bus import make_bus
-from sensorium.ota.signing import DEV_KEY_NAME, OtaKeys, generate_key_files, public_path
+from sensorium.ota.signing import (
+    DEV_KEY_NAME,
+    KeyFileError,
+    OtaKeys,
+    generate_key_files,
+    load_public_key,
+    public_path,
+)
+from sensorium.protocol import InvalidMac, normalize_mac
 from sensorium.users import service as users
 from sensorium.users.models import User
 from sensorium.users.security import Auth
@@ -496,6 +506,17 @@ def device_create(
     console.print(f"token (shown once): [bold yellow]{token}[/]")
 
 
+def _public_key_text(value: str) -> str:
+    """The simulator's OTA key as base64 of the raw 32 bytes: given so, or read from a
+    file (a PEM, or that base64, e.g. the `.pub` next to the signing key)."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return value
+    return base64.b64encode(
+        load_public_key(path).public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ).decode()
+
+
 @app.command()
 def simulate(
     devices: Annotated[
@@ -569,10 +590,41 @@ def simulate(
         Path | None,
         typer.Option(help="Write the final summary as JSON to this file (for scripts)"),
     ] = None,
+    ota: Annotated[
+        bool, typer.Option(help="Follow firmware update rollouts (with --downlink)")
+    ] = True,
+    ota_public_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Key images must be signed with: base64, or a key file [default: the "
+            "server's, fetched with --user]"
+        ),
+    ] = None,
+    ota_concurrency: Annotated[
+        int, typer.Option(min=1, help="Image downloads at once, over the whole fleet")
+    ] = 32,
+    ota_fail_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of updates whose flash write fails"),
+    ] = 0.0,
+    ota_rollback_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of updates whose new version does not boot (back on the old one)",
+        ),
+    ] = 0.0,
+    ota_rollback: Annotated[
+        list[str] | None,
+        typer.Option(help="Device (MAC) on which new versions never boot; repeatable"),
+    ] = None,
 ) -> None:
     """Run simulated devices: realistic readings, status, last will, outages and backfill;
-    they obey desired state and answer commands like the firmware."""
+    they obey desired state, answer commands and install firmware updates like the
+    firmware."""
     from sensorium.simulator.fleet import TRANSPORTS, FleetConfig
+    from sensorium.simulator.ota import OtaConfig
     from sensorium.simulator.runner import (
         PROFILE_CHOICES,
         SimulateError,
@@ -587,6 +639,21 @@ def simulate(
         raise typer.BadParameter("must be climate, energy or mixed", param_hint="--profile")
     if register and password is None:
         password = typer.prompt("password", hide_input=True)
+    try:
+        rollback = frozenset(normalize_mac(mac) for mac in ota_rollback or ())
+    except InvalidMac as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ota-rollback") from None
+    try:
+        ota_config = OtaConfig(
+            enabled=ota,
+            public_key=_public_key_text(ota_public_key) if ota_public_key else None,
+            concurrency=ota_concurrency,
+            fail_rate=ota_fail_rate,
+            rollback_rate=ota_rollback_rate,
+            rollback_devices=rollback,
+        )
+    except (ValueError, KeyFileError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ota-public-key") from None
     options = SimulateOptions(
         devices=devices,
         transport="http" if transport == "http" else "mqtt",
@@ -601,6 +668,7 @@ def simulate(
             utc_offset_s=local_utc_offset_s(),
             downlink=downlink,
             poll_wait_s=poll_wait,
+            ota=ota_config,
         ),
         duration_s=duration,
         declare_controls=controls,

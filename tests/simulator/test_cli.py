@@ -19,6 +19,9 @@ from sensorium.cli import app
         (["--transport", "pigeon", "--from-file", "x.json"], "must be mqtt or http"),
         (["--profile", "weather", "--from-file", "x.json"], "climate, energy or mixed"),
         (["--offline-ratio", "1", "--from-file", "x.json"], "offline-ratio"),
+        (["--ota-public-key", "bm90IGEga2V5", "--from-file", "x.json"], "must be 32 bytes in"),
+        (["--ota-rollback", "nope", "--from-file", "x.json"], "--ota-rollback"),
+        (["--ota-fail-rate", "1.5", "--from-file", "x.json"], "ota-fail-rate"),
     ],
 )
 def test_simulate_explains_what_is_missing(

@@ -70,7 +70,11 @@ def parse_assignment(raw: bytes) -> OtaAssignment | None:
     """Device side: the retained assignment; None when it was cleared (empty message)."""
     if not raw:
         return None
-    doc = decode_document(raw)
+    return validate_assignment(decode_document(raw))
+
+
+def validate_assignment(doc: object) -> OtaAssignment:
+    """An assignment document already decoded (e.g. the `ota` of the HTTP state poll)."""
     if not isinstance(doc, dict):
         raise PayloadError(
             "invalid_shape", f"an assignment must be an object, got {json_type(doc)}"

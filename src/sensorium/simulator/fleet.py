@@ -11,7 +11,9 @@ A reading counts as sent only when the server side acknowledged it (MQTT PUBACK,
 
 Downlink arrives through the link (MQTT subscriptions, HTTP long-polls) into the device's
 inbox; the device's task applies it with its `DeviceControl` and sends the answers
-(reported state, command results) between its other sends.
+(reported state, command results) between its other sends. A firmware update assignment
+starts an update task (simulator/ota.py) beside it, which downloads, verifies and reports
+while the device goes on sending, then has it reboot into the new version.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Literal, Self
 
@@ -32,9 +34,11 @@ import orjson
 
 from sensorium import __version__
 from sensorium.protocol import CommandMessage, StateDocument
+from sensorium.protocol.ota import OtaAssignment
 from sensorium.simulator.buffer import Document, Entry, Outbox
 from sensorium.simulator.control import DeviceControl, Reply
 from sensorium.simulator.links import HttpLink, Link, LinkError, MqttLink
+from sensorium.simulator.ota import OtaConfig, OtaStats, OtaUpdater
 from sensorium.simulator.signals import EnergyModel, Profile, SignalModel, make_model
 
 Transport = Literal["mqtt", "http"]
@@ -77,6 +81,8 @@ class FleetConfig:
     poll_wait_s: int = 30
     # How long a `reboot` command keeps the device off the network.
     reboot_s: float = 2.0
+    # Firmware updates (with `downlink`).
+    ota: OtaConfig = field(default_factory=OtaConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offline_ratio < 1.0:
@@ -146,6 +152,7 @@ class FleetStats:
     state_reports: int = 0
     reboots: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    ota: OtaStats = field(default_factory=OtaStats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +174,7 @@ class FleetSnapshot:
     state_reports: int
     reboots: int
     errors: dict[str, int]
+    ota: OtaStats = field(default_factory=OtaStats)
 
     @property
     def error_count(self) -> int:
@@ -187,6 +195,7 @@ class SimDevice:
         stats: FleetStats,
         schedule: OutageSchedule,
         model: SignalModel | None = None,
+        updater: OtaUpdater | None = None,
     ) -> None:
         self.spec = spec
         self.link = link
@@ -211,6 +220,19 @@ class SimDevice:
         self.reboots = 0
         self.booted = False
         self.offline = False
+        # The version it runs (in its status); a firmware update changes it.
+        self.firmware = config.firmware
+        self._updater = updater
+        self._update: asyncio.Task[None] | None = None
+        self._update_job: str | None = None
+        # Jobs finished here (installed, failed, withdrawn): a redelivered assignment of
+        # one (retained, or the state poll after a reconnect) is not started again.
+        self._jobs_done: deque[str] = deque(maxlen=16)
+        # Set by the update task: writing the new image (no status until the reboot: one
+        # with the old version after UPDATING would tell the server it rolled back),
+        # then the version to reboot into.
+        self.installing = False
+        self._boot_into: str | None = None
         # Loop time of the first accepted connection (None until then).
         self.first_connected_at: float | None = None
         self._rng = random.Random(f"sensorium-sim/{config.seed}/{spec.device_id}/device")
@@ -231,8 +253,13 @@ class SimDevice:
     def device_id(self) -> str:
         return self.spec.device_id
 
+    @property
+    def token(self) -> str:
+        return self.spec.token
+
     def stop(self) -> None:
         self._stopping = True
+        self._cancel_update()
         self._poke()
 
     # --- DownlinkSink (called on the loop, maybe inside a paho callback) --------------------
@@ -248,6 +275,54 @@ class SimDevice:
     def on_link_error(self, kind: str) -> None:
         self.stats.errors[kind] += 1
 
+    def on_ota(self, assignment: OtaAssignment | None) -> None:
+        if self._updater is None:
+            return
+        if assignment is None:
+            # Withdrawn (cancelled, or finished on the server): a download stops; an
+            # install already under way goes on to its reboot.
+            if self._update_job is not None and not self.installing:
+                self._jobs_done.append(self._update_job)
+                self._cancel_update()
+            return
+        if assignment.job == self._update_job or assignment.job in self._jobs_done:
+            return
+        if assignment.version == self.firmware:
+            return  # already runs it; its status says so
+        self._cancel_update()  # a newer assignment (a retry) replaces an older one
+        self._update_job = assignment.job
+        self._update = asyncio.get_running_loop().create_task(
+            self._run_update(self._updater, assignment), name=f"sim-ota-{self.device_id}"
+        )
+
+    async def _run_update(self, updater: OtaUpdater, assignment: OtaAssignment) -> None:
+        await updater.update(self, assignment, self.firmware)
+        self._jobs_done.append(assignment.job)
+        self._update_job = None
+
+    def _cancel_update(self) -> None:
+        task, self._update, self._update_job = self._update, None, None
+        self.installing = False
+        if task is not None and not task.done():
+            task.cancel()
+
+    # --- OtaDevice (the update task) --------------------------------------------------------
+
+    @property
+    def network_up(self) -> bool:
+        return not self.offline and not self._stopping
+
+    @property
+    def link_up(self) -> bool:
+        return self.link.connected and not self.offline
+
+    async def send_ota_progress(self, payload: bytes) -> None:
+        await self.link.send_ota_progress(payload)
+
+    def boot_into(self, version: str) -> None:
+        self._boot_into = version
+        self._poke()
+
     # -------------------------------------------------------------------------------------
 
     async def run(self, *, started_at: float, boot_at: float) -> None:
@@ -258,6 +333,10 @@ class SimDevice:
                 return
             await self._run(loop, started_at)
         finally:
+            update, self._update = self._update, None
+            if update is not None:
+                update.cancel()
+                await asyncio.gather(update, return_exceptions=True)
             if self.link.connected:
                 # Powered off: the will tells the server at once instead of after 3 intervals.
                 await self.link.drop()
@@ -274,6 +353,9 @@ class SimDevice:
         backoff = 1.0
         while not self._stopping:
             now = loop.time()
+            if self._boot_into is not None:
+                retry_at = await self._reboot(loop)
+                continue
             self.offline = self.schedule.offline_at(now - started_at)
             if self.offline and self.link.connected:
                 await self.link.drop()
@@ -310,7 +392,7 @@ class SimDevice:
                     if await self._serve_downlink():
                         retry_at = await self._reboot(loop)
                         continue
-                    if now >= next_status:
+                    if now >= next_status and not self.installing:
                         next_status = now + config.status_every_s
                         await self._send_status(now)
                     if len(self.outbox):
@@ -377,8 +459,16 @@ class SimDevice:
 
     async def _reboot(self, loop: asyncio.AbstractEventLoop) -> float:
         """Restart like the firmware: off the network for `reboot_s`, what was in RAM (the
-        downlink not handled yet) lost, uptime from zero. Returns when to reconnect."""
+        downlink not handled yet, a download) lost, uptime from zero; after an update,
+        running the version it installed (or the old one, when the new one did not boot).
+        Returns when to reconnect."""
         await self.link.drop()
+        if self._boot_into is not None:
+            self.firmware, self._boot_into = self._boot_into, None
+            self.installing = False
+        else:
+            # The assignment comes again after the reconnect and starts over.
+            self._cancel_update()
         self._inbox.clear()
         self._replies.clear()
         self.reboots += 1
@@ -423,7 +513,7 @@ class SimDevice:
         rng = self._rng
         doc = {
             "online": True,
-            "fw": self.config.firmware,
+            "fw": self.firmware,
             "uptime_s": int(max(0.0, now - self._booted_at)),
             "rssi": max(-100, min(-30, self._rssi + round(rng.gauss(0, 3)))),
             "ip": self._ip,
@@ -494,6 +584,9 @@ class Fleet:
         # HTTP long-polls: their own pool without a limit (each device holds its polls
         # open, as a real one holds its connection), so they never starve the sends.
         self._poll_http: httpx.AsyncClient | None = None
+        # Image downloads: a pool of their own, as wide as the downloads allowed at once.
+        self._download_http: httpx.AsyncClient | None = None
+        self._updater: OtaUpdater | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.devices: list[SimDevice] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -512,6 +605,37 @@ class Fleet:
     ) -> None:
         await self.close()
 
+    @property
+    def _follows_updates(self) -> bool:
+        return self.config.downlink and self.config.ota.enabled
+
+    def _make_updater(self) -> OtaUpdater | None:
+        if not self._follows_updates:
+            return None
+        ota = self.config.ota
+        client = None
+        if self._api_url is not None:
+            self._download_http = client = httpx.AsyncClient(
+                base_url=self._api_url,
+                timeout=httpx.Timeout(self.config.timeout_s, read=30.0),
+                limits=httpx.Limits(
+                    max_connections=ota.concurrency, max_keepalive_connections=ota.concurrency
+                ),
+            )
+        elif self._http is not None:
+            client = self._http
+        return OtaUpdater(
+            ota,
+            client=client,
+            seed=self.config.seed,
+            stats=self.stats.ota,
+            on_error=self._count_error,
+            timeout_s=max(30.0, self.config.timeout_s),
+        )
+
+    def _count_error(self, kind: str) -> None:
+        self.stats.errors[kind] += 1
+
     def _link(self, spec: DeviceSpec) -> Link:
         if self.transport == "mqtt":
             if self._executor is None:
@@ -526,6 +650,7 @@ class Fleet:
                 executor=self._executor,
                 keepalive_s=self.config.keepalive_s,
                 timeout_s=self.config.timeout_s,
+                ota=self._follows_updates,
             )
         if self._http is None:
             assert self._api_url is not None
@@ -552,12 +677,14 @@ class Fleet:
             poll_wait_s=self.config.poll_wait_s,
             timeout_s=self.config.timeout_s,
             max_backoff_s=self.config.max_backoff_s,
+            ota=self._follows_updates,
         )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
         self.started_at = loop.time()
+        self._updater = self._make_updater()
         for spec in self._specs:
             if spec.outages is not None:
                 schedule = OutageSchedule(spec.outages)
@@ -568,7 +695,12 @@ class Fleet:
                 )
             self.devices.append(
                 SimDevice(
-                    spec, self._link(spec), config=config, stats=self.stats, schedule=schedule
+                    spec,
+                    self._link(spec),
+                    config=config,
+                    stats=self.stats,
+                    schedule=schedule,
+                    updater=self._updater,
                 )
             )
         for position, device in enumerate(self.devices):
@@ -621,6 +753,9 @@ class Fleet:
         if self._poll_http is not None:
             await self._poll_http.aclose()
             self._poll_http = None
+        if self._download_http is not None:
+            await self._download_http.aclose()
+            self._download_http = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -650,6 +785,7 @@ class Fleet:
             state_reports=stats.state_reports,
             reboots=stats.reboots,
             errors=dict(stats.errors),
+            ota=replace(stats.ota, failures=dict(stats.ota.failures)),
         )
 
     def first_connect_s(self) -> list[float]:

@@ -3,8 +3,9 @@ the event loop, no thread per device) or HTTP requests with its token.
 
 Both raise `LinkError` with a short `kind` the summary counts by; a send returns only
 once the server side acknowledged it (MQTT: the broker's PUBACK; HTTP: 2xx after commit).
-Downlink (desired state, commands) goes to the device's `DownlinkSink`: MQTT delivers
-it on the device's subscriptions, HTTP long-polls for it while the device is online.
+Downlink (desired state, commands, the firmware update assignment) goes to the device's
+`DownlinkSink`: MQTT delivers it on the device's subscriptions, HTTP long-polls for it
+while the device is online.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from sensorium.protocol import (
     StateDocument,
     command_result_topic,
     commands_topic,
+    ota_progress_topic,
+    ota_topic,
     parse_command_message,
     parse_state_document,
     state_desired_topic,
@@ -39,6 +42,7 @@ from sensorium.protocol import (
     validate_command_message,
     validate_state_document,
 )
+from sensorium.protocol.ota import OtaAssignment, parse_assignment, validate_assignment
 
 OFFLINE_STATUS = b'{"online": false}'
 API_PREFIX = "/api/v1"
@@ -68,6 +72,10 @@ class DownlinkSink(Protocol):
 
     def on_command(self, message: CommandMessage) -> None: ...
 
+    def on_ota(self, assignment: OtaAssignment | None) -> None:
+        """The firmware update assignment in force (None: there is none, or it was
+        withdrawn). Only links made with `ota=True` deliver it."""
+
     def on_link_error(self, kind: str) -> None:
         """A downlink problem the device itself does not see (counted like send errors)."""
 
@@ -91,6 +99,8 @@ class Link(Protocol):
     async def send_reported(self, payload: bytes) -> None: ...
 
     async def send_result(self, command_id: str, payload: bytes) -> None: ...
+
+    async def send_ota_progress(self, payload: bytes) -> None: ...
 
     async def drop(self) -> None:
         """Leave the network like a device losing Wi-Fi (MQTT: the broker sends the will)."""
@@ -122,6 +132,7 @@ class MqttLink:
         executor: Executor,
         keepalive_s: int = 30,
         timeout_s: float = 10.0,
+        ota: bool = False,
     ) -> None:
         self.device_id = device_id
         self._token = token
@@ -135,6 +146,9 @@ class MqttLink:
         self._reported_topic = state_reported_topic(device_id)
         self._desired_topic = state_desired_topic(device_id)
         self._commands_topic = commands_topic(device_id)
+        # The retained assignment, when the device follows updates.
+        self._ota_topic = ota_topic(device_id) if ota else None
+        self._ota_progress_topic = ota_progress_topic(device_id)
         self._sink: DownlinkSink | None = None
         self._client: mqtt.Client | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
@@ -196,9 +210,13 @@ class MqttLink:
             await self._subscribe(client, self._sink)
 
     async def _subscribe(self, client: mqtt.Client, sink: DownlinkSink) -> None:
-        """Subscribe to the device's desired state (retained: it arrives at once) and
-        commands. A refusal is counted but the connection kept: telemetry still works."""
-        result, mid = client.subscribe([(self._desired_topic, 1), (self._commands_topic, 1)])
+        """Subscribe to the device's desired state and OTA assignment (retained: they
+        arrive at once) and commands. A refusal is counted but the connection kept:
+        telemetry still works."""
+        topics = [(self._desired_topic, 1), (self._commands_topic, 1)]
+        if self._ota_topic is not None:
+            topics.append((self._ota_topic, 1))
+        result, mid = client.subscribe(topics)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             self._abort()
             raise LinkError("subscribe_failed", mqtt.error_string(result))
@@ -225,6 +243,9 @@ class MqttLink:
 
     async def send_result(self, command_id: str, payload: bytes) -> None:
         await self._publish(command_result_topic(self.device_id, command_id), payload, retain=False)
+
+    async def send_ota_progress(self, payload: bytes) -> None:
+        await self._publish(self._ota_progress_topic, payload, retain=False)
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         client = self._client
@@ -318,11 +339,16 @@ class MqttLink:
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         sink = self._sink
-        if sink is None or client is not self._client or not message.payload:
-            return  # an empty retained message only clears the topic
+        if sink is None or client is not self._client:
+            return
         payload = bytes(message.payload)
         try:
-            if message.topic == self._desired_topic:
+            if message.topic == self._ota_topic:
+                # Empty: the assignment was withdrawn (finished or cancelled).
+                sink.on_ota(parse_assignment(payload))
+            elif not payload:
+                return  # an empty retained message only clears the topic
+            elif message.topic == self._desired_topic:
                 sink.on_desired(parse_state_document(payload))
             elif message.topic == self._commands_topic:
                 sink.on_command(parse_command_message(payload))
@@ -368,10 +394,12 @@ class HttpLink:
     to hold; "connected" means the server accepted the device's last request.
 
     While connected and given a sink, two long-polls run (like the firmware's): one for
-    commands, one for the desired state (ETag / `If-None-Match`). They stop on `drop` and
-    `close`, and start over on `connect`: the first state request asks without an ETag,
-    so the device reports what it holds after every (re)connect. Long-polls may use their
-    own client (`poll_client`): each waits up to `poll_wait_s` on a connection of its own.
+    commands, one for the desired state (ETag / `If-None-Match`), which also carries the
+    OTA assignment (`ota`, delivered when the link was made with `ota=True`). They stop on
+    `drop` and `close`, and start over on `connect`: the first state request asks without
+    an ETag, so the device reports what it holds after every (re)connect. Long-polls may
+    use their own client (`poll_client`): each waits up to `poll_wait_s` on a connection
+    of its own.
     """
 
     def __init__(
@@ -385,6 +413,7 @@ class HttpLink:
         timeout_s: float = 10.0,
         max_backoff_s: float = 60.0,
         min_poll_gap_s: float = 0.5,
+        ota: bool = False,
     ) -> None:
         self.device_id = device_id
         self._client = client
@@ -401,6 +430,8 @@ class HttpLink:
         self._reported_path = f"{self._base}/state/reported"
         self._state_path = f"{self._base}/state"
         self._commands_path = f"{self._base}/commands"
+        self._ota_progress_path = f"{self._base}/ota/progress"
+        self._ota = ota
         self._rng = random.Random(f"sensorium-sim/{device_id}/http-poll")
         self._sink: DownlinkSink | None = None
         self._polls: list[asyncio.Task[None]] = []
@@ -441,6 +472,12 @@ class HttpLink:
             payload,
             expect={200, 202, 204},
             refused=_REFUSED | {404, 409},
+        )
+
+    async def send_ota_progress(self, payload: bytes) -> None:
+        # 404 (no such job) and 409 (finished or cancelled meanwhile) will not change.
+        await self._post(
+            self._ota_progress_path, payload, expect={200}, refused=_REFUSED | {404, 409}
         )
 
     async def drop(self) -> None:
@@ -517,11 +554,15 @@ class HttpLink:
                     body = response.json()
                     version = body.get("desired_version") or 0
                     doc = validate_state_document({"version": version, "state": body["desired"]})
+                    found = body.get("ota") if self._ota else None
+                    assignment = validate_assignment(found) if found is not None else None
                 except (ValueError, KeyError, TypeError, AttributeError, PayloadError):
                     sink.on_link_error("bad_downlink")
                     await asyncio.sleep(self._jitter(backoff))
                     continue
                 sink.on_desired(doc)
+                if self._ota:
+                    sink.on_ota(assignment)
                 if etag is None:
                     # A server without ETags cannot long-poll: ask again now and then.
                     await asyncio.sleep(self._poll_wait_s)

@@ -9,7 +9,7 @@ import resource
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from rich.table import Table
 
 from sensorium.broker.endpoint import parse_mqtt_url
 from sensorium.simulator.fleet import DeviceSpec, Fleet, FleetConfig, FleetSnapshot, Transport
-from sensorium.simulator.links import LinkError, MqttLink
+from sensorium.simulator.links import API_PREFIX, LinkError, MqttLink
+from sensorium.simulator.ota import OtaStats
 from sensorium.simulator.registry import (
     DeviceRecord,
     DevicesFile,
@@ -108,6 +109,7 @@ async def simulate(options: SimulateOptions, console: Console) -> Summary:
         raise SimulateError("the HTTP transport needs --api (or a devices file that has it)")
     if options.declare_controls:
         await _declare_controls(options, records, devices.api_url, console)
+    config = await _with_public_key(options, devices.api_url, console)
     try:
         host, port = parse_mqtt_url(devices.mqtt_url)
     except ValueError:
@@ -128,12 +130,12 @@ async def simulate(options: SimulateOptions, console: Console) -> Summary:
             )
     console.print(
         f"simulating [bold]{len(records)}[/] device(s) over {options.transport.upper()} "
-        f"→ {target}, one reading every {options.config.interval_s:g} s"
+        f"→ {target}, one reading every {config.interval_s:g} s"
         + (f" for {options.duration_s:g} s" if options.duration_s else "; Ctrl-C stops")
     )
     fleet = Fleet(
         [_spec(r, options) for r in records],
-        options.config,
+        config,
         transport=options.transport,
         mqtt_host=host,
         mqtt_port=port,
@@ -178,6 +180,45 @@ async def _declare_controls(
         console.print(f"declared controls of {len(result.declared)} device(s)")
     for device_id, message in list(result.failures.items())[:3]:
         console.print(f"[yellow]declaring controls of {device_id} failed:[/] {message}")
+
+
+async def fetch_public_key(client: httpx.AsyncClient, access_token: str) -> str:
+    """The key the server's images are signed with (base64 of the raw 32 bytes)."""
+    try:
+        r = await client.get(
+            f"{API_PREFIX}/firmware/public-key",
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
+    except httpx.HTTPError as exc:
+        raise RegistrationError(f"cannot reach the API: {exc}") from None
+    if r.status_code != 200:
+        raise RegistrationError(f"the server gave no OTA public key (HTTP {r.status_code})")
+    return str(r.json()["public_key"])
+
+
+async def _with_public_key(
+    options: SimulateOptions, api_url: str | None, console: Console
+) -> FleetConfig:
+    """The fleet's configuration with the key its devices check images against: the one
+    given, else the server's (GET /firmware/public-key, which needs the user's login).
+    Without one the devices still follow assignments, and fail them for that reason."""
+    config = options.config
+    if not config.downlink or not config.ota.enabled or config.ota.public_key is not None:
+        return config
+    if not api_url or not options.username or options.password is None:
+        console.print(
+            "[yellow]warning:[/] no OTA public key (give --ota-public-key, or --api, --user "
+            "and --password to fetch it): firmware updates will fail"
+        )
+        return config
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+        try:
+            token = await login(client, options.username, options.password)
+            key = await fetch_public_key(client, token)
+        except RegistrationError as exc:
+            console.print(f"[yellow]warning:[/] no OTA public key: {exc}")
+            return config
+    return replace(config, ota=replace(config.ota, public_key=key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +495,8 @@ def _progress_table(snap: FleetSnapshot, elapsed: float, msgs: float, points: fl
     )
     table.add_row("buffered", f"{snap.buffered_points:,} points waiting")
     table.add_row("control", _control(snap))
+    if snap.ota.assigned:
+        table.add_row("updates", _updates(snap.ota))
     table.add_row("errors", _errors(snap) or "none")
     return table
 
@@ -464,6 +507,17 @@ def _control(snap: FleetSnapshot) -> str:
     return (
         f"{snap.commands_answered:,} commands answered{ignored}, "
         f"{snap.state_reports:,} state reports{reboots}"
+    )
+
+
+def _updates(ota: OtaStats) -> str:
+    failures = ", ".join(f"{kind} {n:,}" for kind, n in sorted(ota.failures.items()))
+    return (
+        f"{ota.assigned:,} assigned, {ota.verified:,} verified, {ota.installed:,} installed, "
+        f"{ota.rolled_back:,} rolled back, {ota.failed:,} failed"
+        + (f" ({failures})" if failures else "")
+        + (f", {ota.abandoned:,} withdrawn" if ota.abandoned else "")
+        + f"; {ota.bytes / 1e6:,.1f} MB downloaded, {ota.resumes:,} resumes"
     )
 
 
@@ -499,6 +553,8 @@ def print_summary(summary: Summary, console: Console) -> None:
     )
     table.add_row("status", f"{snap.status_messages:,} messages")
     table.add_row("control", _control(snap))
+    if snap.ota.assigned:
+        table.add_row("updates", _updates(snap.ota))
     table.add_row("not sent", f"{snap.buffered_points:,} points still buffered at exit")
     if snap.dropped_points or snap.rejected_points:
         table.add_row(
