@@ -1,14 +1,16 @@
-# Starts the Sensorium firmware (lib/sensorium_fw). A crash is printed on the serial
-# console and the board restarts after a pause, instead of sitting dead.
+# Starts the Sensorium firmware: the loader (lib/sensorium_boot) runs the application
+# bundle in app/ (or a flashed lib/sensorium_fw), finishing or rolling back an
+# over-the-air update. A crash is printed on the serial console and the board restarts
+# after a pause, instead of sitting dead.
 import sys
 import time
 
 import machine
 
 try:
-    from sensorium_fw import app
+    import sensorium_boot
 
-    app.main()
+    sensorium_boot.main()
 except KeyboardInterrupt:
     print("stopped (Ctrl-C): the REPL is yours")
 except Exception as exc:

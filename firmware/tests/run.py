@@ -3,7 +3,14 @@
 
 import sys
 
-MODULES = ("cases_proto", "cases_control", "cases_buffer", "cases_drivers", "cases_timing")
+MODULES = (
+    "cases_proto",
+    "cases_control",
+    "cases_buffer",
+    "cases_drivers",
+    "cases_timing",
+    "cases_ota",
+)
 
 
 def run(modules=MODULES):

@@ -161,13 +161,16 @@ def device_config(
 
 
 class Node:
-    """One ESP32 running the firmware's main() in a thread, files under `root` as on its
-    flash. machine.reset() reboots it (main() runs again); `stop()` ends it."""
+    """One ESP32 running the firmware in a thread as main.py does (the loader,
+    sensorium_boot, which runs the app), files under `root` as on its flash.
+    machine.reset() reboots it (main() runs again); `stop()` ends it. `on_boot(n)` runs
+    before the n-th boot (a test changes the world there)."""
 
     def __init__(self, root: Path, board: host.World) -> None:
         self.root = root
         self.board = board
         self.boots = 0
+        self.on_boot: Callable[[int], None] | None = None
         self.device: Any = None
         self.portal: Any = None
         self.error: BaseException | None = None
@@ -183,11 +186,19 @@ class Node:
 
     def _run(self) -> None:
         app = host.firmware("app")
+        loader = host.loader()
         with host.world(self.board):
             while not self._stop.is_set():
                 self.boots += 1
+                if self.on_boot is not None:
+                    self.on_boot(self.boots)
                 try:
-                    app.main(f"{self.root}/", self._stop.is_set, started=self._started)
+                    # The app module is CPython's import of firmware/lib (shared by every
+                    # node of the process); what a bundle changes on the host is the
+                    # files in root/app/, VERSION among them.
+                    loader.main(
+                        f"{self.root}/", self._stop.is_set, started=self._started, load=lambda: app
+                    )
                 except host.Reset:
                     continue
                 except BaseException as exc:

@@ -518,7 +518,9 @@ def installed() -> Iterator[None]:
     finally:
         sys.path.remove(str(LIB))
         for name in [
-            n for n in sys.modules if n == "sensorium_fw" or n.startswith("sensorium_fw.")
+            n
+            for n in sys.modules
+            if n in ("sensorium_fw", "sensorium_boot") or n.startswith("sensorium_fw.")
         ]:
             del sys.modules[name]
         for name in modules:
@@ -532,3 +534,8 @@ def installed() -> Iterator[None]:
 def firmware(name: str) -> Any:
     """A firmware module (`proto`, `app`, …) imported from firmware/lib/sensorium_fw."""
     return importlib.import_module(f"sensorium_fw.{name}")
+
+
+def loader() -> Any:
+    """The loader main.py runs (firmware/lib/sensorium_boot.py, outside the bundles)."""
+    return importlib.import_module("sensorium_boot")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from sensorium import protocol
 from sensorium.protocol import CommandMessage, StateDocument
+from sensorium.protocol.ota import DEVICE_STATES, OtaAssignment, parse_assignment, parse_progress
 from sensorium.simulator.control import DeviceControl
 from tests.firmware import host
 
@@ -39,7 +40,10 @@ def test_topics_agree() -> None:
         assert proto.command_result_topic(device, "c_01H") == protocol.command_result_topic(
             device, "c_01H"
         )
-    assert set(proto.downlink_subscriptions(DEVICE)) < set(protocol.downlink_topics(DEVICE))
+        assert proto.ota_topic(device) == protocol.ota_topic(device)
+        assert proto.ota_progress_topic(device) == protocol.ota_progress_topic(device)
+    # Everything the server sends a device, the firmware listens to.
+    assert set(proto.downlink_subscriptions(DEVICE)) == set(protocol.downlink_topics(DEVICE))
     parsed = protocol.parse_uplink_topic(proto.command_result_topic(DEVICE, "c_9"))
     assert parsed == protocol.ParsedTopic(DEVICE, protocol.KIND_COMMAND_RESULT, "c_9")
 
@@ -268,3 +272,64 @@ def test_blink_with_times_agrees(times: int) -> None:
     got = firmware.handle_command(fw().Command("c_1", "blink", {"times": times}, NOW_MS), NOW_MS, 1)
     assert want is not None
     assert (got.status, got.result) == (want.result.status, want.result.result)
+
+
+ASSIGNMENT: dict[str, Any] = {
+    "job": "j_01HZX3",
+    "version": "1.3.0",
+    "size": 412345,
+    "sha256": "ab" * 32,
+    "signature": "c2ln",
+    "url": "/api/v1/firmware/jobs/j_01HZX3/image",
+}
+assignment_docs = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "job": st.one_of(
+                st.sampled_from(["j_01HZX3", "j_", "j_a.b", "x_1", "j_" + "a" * 39]), json_values
+            ),
+            "version": st.one_of(st.sampled_from(["1.3.0", ""]), json_values),
+            "size": st.one_of(st.sampled_from([1, 0, -1, 2.0, True]), json_values),
+            "sha256": st.one_of(st.sampled_from(["ab" * 32, "AB" * 32, "ab" * 31]), json_values),
+            "signature": st.one_of(st.sampled_from(["c2ln", ""]), json_values),
+            "url": st.one_of(st.sampled_from(["/api/v1/x", ""]), json_values),
+        },
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(assignment_docs)
+@example(ASSIGNMENT)
+@example({**ASSIGNMENT, "size": True})
+@example({**ASSIGNMENT, "job": "j_" + "a" * 38})
+def test_assignments_are_read_alike(doc: Any) -> None:
+    proto = fw()
+    raw = orjson.dumps(doc)
+    try:
+        server = parse_assignment(raw)
+    except protocol.PayloadError:
+        server = None
+    try:
+        device = proto.parse_assignment(raw)
+    except proto.ProtocolError:
+        device = None
+    assert (device is None) is (server is None), doc
+    if device is not None and server is not None:
+        assert device.to_dict() == server.to_dict()
+
+
+def test_the_firmware_reads_what_the_server_assigns_and_the_server_its_progress() -> None:
+    proto = fw()
+    sent = OtaAssignment(**ASSIGNMENT).to_json()
+    assert proto.parse_assignment(sent).to_dict() == ASSIGNMENT
+    assert proto.parse_assignment(b"") is None  # withdrawn
+    assert parse_assignment(b"") is None
+    assert proto.OTA_STATES == DEVICE_STATES
+    for state in proto.OTA_STATES:
+        report = parse_progress(proto.dumps(proto.progress_doc("j_1", state, 0.5)))
+        assert (report.job, report.state, report.progress) == ("j_1", state, 0.5)
+    failed = parse_progress(proto.dumps(proto.progress_doc("j_1", "FAILED", error="x" * 2000)))
+    assert failed.error == "x" * 1000

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_code_an_esp32_cannot_compile_is_refused(tmp_path: Path) -> None:
     assert "SyntaxError" in done.stderr
 
 
-def test_make_firmware_builds_the_mpy_bundle(tmp_path: Path) -> None:
+def test_make_firmware_builds_the_mpy_bundle(tmp_path: Path, board: host.World) -> None:
     make = shutil.which("make")
     assert make is not None, "make is not installed"
     build = tmp_path / "build"
@@ -87,6 +88,7 @@ def test_make_firmware_builds_the_mpy_bundle(tmp_path: Path) -> None:
             "FIRMWARE_PREREQS=",
             f"FIRMWARE_BUILD={build}",
             f"MPY_CROSS={mpy_cross()}",
+            "FIRMWARE_VERSION=1.3.0-rc.1",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -96,16 +98,33 @@ def test_make_firmware_builds_the_mpy_bundle(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     library = FIRMWARE / "lib"
-    expected = {p.relative_to(library).with_suffix(".mpy") for p in library.rglob("*.py")}
-    built = {p.relative_to(build / "lib") for p in (build / "lib").rglob("*.mpy")}
-    assert built == expected
-    assert all(p.read_bytes()[:2] == b"M\x06" for p in (build / "lib").rglob("*.mpy"))
+    app = {p.relative_to(library).with_suffix(".mpy") for p in library.rglob("sensorium_fw/*.py")}
+    assert {p.relative_to(build / "app") for p in (build / "app").rglob("*.mpy")} == app
+    # The loader stays outside the bundle: an update cannot break what rolls it back.
+    assert {p.relative_to(build / "lib") for p in (build / "lib").rglob("*.mpy")} == {
+        Path("sensorium_boot.mpy")
+    }
+    assert all(p.read_bytes()[:2] == b"M\x06" for p in build.rglob("*.mpy"))
     assert sorted(p.name for p in build.glob("*.*")) == [
         "boot.py",
         "config.example.json",
         "main.py",
     ]
-    assert f"{len(expected)} modules" in done.stdout
+    assert (build / "app" / "VERSION").read_text() == "1.3.0-rc.1\n"
+    assert f"{len(app) + 1} modules" in done.stdout
+    # The OTA bundle: a ustar file the firmware's own reader unpacks to the same app/.
+    tar = tmp_path / "build-bundle.tar"
+    assert "OTA bundle" in done.stdout
+    with tarfile.open(tar) as archive:
+        assert {m.name for m in archive.getmembers() if m.isfile()} == {"VERSION"} | {
+            str(p) for p in app
+        }
+        assert all(m.isfile() or m.isdir() for m in archive.getmembers())
+    unpacked = tmp_path / "unpacked"
+    assert host.firmware("bundle").extract(str(tar), str(unpacked)) == "1.3.0-rc.1"
+    for path in (build / "app").rglob("*"):
+        if path.is_file():
+            assert (unpacked / path.relative_to(build / "app")).read_bytes() == path.read_bytes()
 
 
 def imported_modules(source: Path) -> set[str]:
@@ -122,7 +141,7 @@ def imported_modules(source: Path) -> set[str]:
 
 @pytest.mark.parametrize("source", SOURCES, ids=[str(p.relative_to(FIRMWARE)) for p in SOURCES])
 def test_the_firmware_imports_only_what_an_esp32_has(source: Path) -> None:
-    assert imported_modules(source) - ESP32_MODULES - {"sensorium_fw"} == set()
+    assert imported_modules(source) - ESP32_MODULES - {"sensorium_fw", "sensorium_boot"} == set()
 
 
 def test_the_example_config_is_complete_and_valid() -> None:

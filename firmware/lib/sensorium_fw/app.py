@@ -6,6 +6,8 @@ feeds the watchdog, so nothing in it may block for long.
 
 import time
 
+import sensorium_boot as loader
+
 from sensorium_fw import FW_VERSION, config, proto, store
 from sensorium_fw.backoff import Backoff
 from sensorium_fw.buffer import RingBuffer
@@ -13,6 +15,7 @@ from sensorium_fw.clock import Clock
 from sensorium_fw.control import Control
 from sensorium_fw.links import HttpLink, MqttLink
 from sensorium_fw.log import Log
+from sensorium_fw.ota import Updater
 
 STATE_FILE = "state.json"
 BUFFER_DIR = "buffer"
@@ -24,7 +27,9 @@ IDLE_MS = 50
 
 
 class Device:
-    def __init__(self, cfg, board, sensors, log, clock, root="", links=None, rand=None):
+    def __init__(
+        self, cfg, board, sensors, log, clock, root="", links=None, rand=None, boot=None, esp32=None
+    ):
         self.cfg = cfg
         self.board = board
         self.sensors = sensors
@@ -39,6 +44,22 @@ class Device:
                 HttpLink(server["host"], server["http_port"], self.device_id, cfg["token"], log),
             )
         self.mqtt, self.http = links
+        # What the loader booted (sensorium_boot.Boot): the bundle's version, an update on
+        # trial until a link is up, a rollback still to report. None: no loader.
+        self.boot = boot
+        self.fw_version = (boot.version if boot is not None else None) or FW_VERSION
+        self._trial = boot.trial if boot is not None else None
+        self.ota = Updater(
+            root,
+            server["host"],
+            server["http_port"],
+            cfg["token"],
+            cfg["ota_public_key"],
+            log,
+            self.fw_version,
+            esp32=esp32,
+            rand=rand,
+        )
         self.link = None
         self.mqtt_backoff = Backoff(rand=rand)
         self.http_backoff = Backoff(rand=rand)
@@ -85,7 +106,7 @@ class Device:
 
     def run(self, should_stop=None):
         self.board.start_watchdog(self.cfg["watchdog_s"])
-        self.log.info("sensorium %s as %s" % (FW_VERSION, self.device_id))
+        self.log.info("sensorium %s as %s" % (self.fw_version, self.device_id))
         while should_stop is None or not should_stop():
             waited = self.step()
             if waited < IDLE_MS:
@@ -104,6 +125,7 @@ class Device:
         self._last_ms = now
         self.board.feed()
         self._button()
+        self._check_trial()
         if not self._wifi(now):
             if self._due("sample", now):
                 self._sample(now)
@@ -125,10 +147,13 @@ class Device:
             for event in self.link.poll(time.ticks_diff(started, now), wait):
                 self._on_event(event)
             waited = time.ticks_diff(time.ticks_ms(), started)
+            action = self.ota.step(self.board.feed)
             self._send_pending()
         except OSError as exc:
             self._lost(exc)
             return 0
+        if action == "reboot":
+            self._act("reboot")
         return waited
 
     # --- connectivity -------------------------------------------------------------------
@@ -195,6 +220,40 @@ class Device:
         self.control.reconnected()
         self._status_due = True
         self.log.info("connected over %s" % link.name)
+        self._settle_trial()
+
+    # --- updates on trial ---------------------------------------------------------------
+
+    def _settle_trial(self):
+        """A link is up: an update on trial stays (reported UPDATED; the status that
+        follows carries its version), a rollback is reported FAILED with its reason."""
+        trial, self._trial = self._trial, None
+        if trial is not None:
+            loader.confirm(self.root, trial)
+            self.ota.finished(trial["job"])
+            self.ota.report(trial["job"], "UPDATED", 1.0)
+            self.log.info("update %s: %s reached the server" % (trial["job"], self.fw_version))
+        note = self.boot.note if self.boot is not None else None
+        if note is not None:
+            self.boot.note = None
+            if proto.is_job_id(note.get("job")):
+                self.ota.finished(note["job"])
+                self.ota.report(note["job"], "FAILED", error=str(note.get("error")))
+            loader.reported(self.root)
+
+    def _check_trial(self):
+        """An update that has not reached the server within ota_trial_s is rolled back."""
+        limit_s = self.cfg["ota_trial_s"]
+        if self._trial is None or self.uptime_ms < limit_s * 1000:
+            return
+        error = "rolled back: %s did not reach the server within %d s" % (
+            self._trial.get("version"),
+            limit_s,
+        )
+        self.log.error(error)
+        loader.rollback(self.root, error)
+        self.shutdown()
+        self.board.reset()
 
     def _lost(self, exc):
         link, self.link = self.link, None
@@ -272,6 +331,9 @@ class Device:
 
     def _send_pending(self):
         link = self.link
+        while self.ota.reports:
+            link.ota_progress(proto.dumps(self.ota.reports[0]))
+            self.ota.reports.pop(0)
         if self._status_due:
             link.status(proto.dumps(self.status()))
             self._status_due = False
@@ -301,7 +363,7 @@ class Device:
 
     def status(self):
         return proto.status_doc(
-            FW_VERSION,
+            self.fw_version,
             self.uptime_ms // 1000,
             rssi=self.board.rssi(),
             ip=self.board.ip(),
@@ -313,6 +375,9 @@ class Device:
 
     def _on_event(self, event):
         kind, body = event
+        if kind == "ota":
+            self.ota.assigned(body)
+            return
         if kind == "desired":
             version, desired = body
             if self.control.apply_desired(version, desired):
@@ -358,11 +423,11 @@ class Device:
             self.link = None
 
 
-def main(root="", should_stop=None, started=None):
+def main(root="", should_stop=None, started=None, boot=None):
     """Boot: the portal when the device is not configured (or the button is held), else
     the device loop. `root` is where the files live ("" on the device: flash root);
     `should_stop` ends the loop and `started` gets the Device (or the Portal) before it
-    runs (host tests)."""
+    runs (host tests); `boot` is what the loader (sensorium_boot) found."""
     from sensorium_fw import sensors
     from sensorium_fw.board import Board
 
@@ -377,7 +442,7 @@ def main(root="", should_stop=None, started=None):
             log.warn("provisioning: %s" % (", ".join(config.problems(cfg)) or "button held"))
         portal.run(board, log, root=root, should_stop=should_stop, started=started)
         return None
-    device = Device(cfg, board, sensors.from_config(cfg, log, root), log, clock, root)
+    device = Device(cfg, board, sensors.from_config(cfg, log, root), log, clock, root, boot=boot)
     if started is not None:
         started(device)
     device.run(should_stop)

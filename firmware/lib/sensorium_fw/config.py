@@ -26,6 +26,11 @@ DEFAULTS = {
     "watchdog_s": 60,
     "long_press_s": 5,
     "http_poll_s": 20,
+    # Over-the-air updates: the server's public key (base64 of the raw 32 bytes, from
+    # `GET /api/v1/firmware/public-key`); an update that has not reached the server
+    # this many seconds after its first boot is rolled back.
+    "ota_public_key": "",
+    "ota_trial_s": 600,
 }
 
 
@@ -67,6 +72,11 @@ def problems(cfg):
     interval = cfg["interval_s"]
     if type(interval) is not int or not 1 <= interval <= 86400:
         found.append("interval_s must be 1-86400")
+    if type(cfg["ota_public_key"]) is not str:
+        found.append("ota_public_key must be a base64 text")
+    trial = cfg["ota_trial_s"]
+    if type(trial) is not int or trial < 1:
+        found.append("ota_trial_s must be a positive number of seconds")
     return found
 
 

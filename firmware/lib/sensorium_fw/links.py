@@ -1,6 +1,7 @@
 """The two ways a device reaches its server (PROTOCOL.md): MQTT, and HTTP as the fallback
 when the broker cannot be reached. Both take the same documents and hand back downlink
-events: ("desired", (version, state)) and ("command", proto.Command).
+events: ("desired", (version, state)), ("command", proto.Command) and ("ota",
+proto.Assignment or None when the assignment was withdrawn).
 
 Sending raises OSError when the server could not be reached (the caller buffers and
 reconnects); `telemetry()` returns False when the server refused a document for good
@@ -21,6 +22,8 @@ def _events(log, kind, raw):
     try:
         if kind == "desired":
             return [("desired", proto.parse_state_document(raw))]
+        if kind == "ota":
+            return [("ota", proto.parse_assignment(raw))]
         return [("command", proto.parse_command(raw))]
     except proto.ProtocolError as exc:
         log.warn("ignored a %s document: %s" % (kind, exc.message))
@@ -42,6 +45,7 @@ class MqttLink:
         self._inbox = []
         self._desired = proto.state_desired_topic(device_id).encode()
         self._commands = proto.commands_topic(device_id).encode()
+        self._ota = proto.ota_topic(device_id).encode()
 
     def connect(self):
         from umqtt.simple import MQTTClient
@@ -98,6 +102,9 @@ class MqttLink:
     def log_line(self, payload):
         self._publish(proto.logs_topic(self.device_id), payload)
 
+    def ota_progress(self, payload):
+        self._publish(proto.ota_progress_topic(self.device_id), payload)
+
     def poll(self, elapsed_ms, wait_ms=0):
         """Downlink events that arrived; pings the broker when the link was quiet for
         half the keep-alive (umqtt.simple does not)."""
@@ -119,6 +126,8 @@ class MqttLink:
                 events += _events(self.log, "desired", msg)
             elif topic == self._commands:
                 events += _events(self.log, "command", msg)
+            elif topic == self._ota:
+                events += _events(self.log, "ota", msg)
         return events
 
     def close(self):
@@ -201,6 +210,9 @@ class HttpLink:
     def log_line(self, payload):
         self._post("/logs", payload)
 
+    def ota_progress(self, payload):
+        self._post("/ota/progress", payload)
+
     def _state_events(self):
         headers = {"If-None-Match": self._etag} if self._etag else None
         status, got, body = self.request("GET", self._base + "/state", headers=headers)
@@ -217,7 +229,13 @@ class HttpLink:
         except (ValueError, KeyError, TypeError) as exc:
             self.log.warn("ignored a state answer: %s" % (exc,))
             return []
-        return [("desired", (version, desired))]
+        events = [("desired", (version, desired))]
+        try:
+            assigned = doc.get("ota")
+            events.append(("ota", proto.validate_assignment(assigned) if assigned else None))
+        except proto.ProtocolError as exc:
+            self.log.warn("ignored an update assignment: %s" % exc.message)
+        return events
 
     def poll(self, elapsed_ms, wait_ms=0):
         """The desired state when it changed, then commands: waits up to `wait_ms` for

@@ -91,9 +91,18 @@ def command_result_topic(device_id, command_id):
     return _device(device_id) + "/commands/" + command_id + "/result"
 
 
+def ota_topic(device_id):
+    return _device(device_id) + "/ota"
+
+
+def ota_progress_topic(device_id):
+    return _device(device_id) + "/ota/progress"
+
+
 def downlink_subscriptions(device_id):
-    """What a device subscribes to (QoS 1): its desired state and its commands."""
-    return (state_desired_topic(device_id), commands_topic(device_id))
+    """What a device subscribes to (QoS 1): its desired state, its commands and its
+    update assignment."""
+    return (state_desired_topic(device_id), commands_topic(device_id), ota_topic(device_id))
 
 
 # --- telemetry ---------------------------------------------------------------------------
@@ -281,4 +290,76 @@ def result_doc(status, result=None, error=None):
         doc["result"] = result
     if error is not None:
         doc["error"] = error
+    return doc
+
+
+# --- OTA ---------------------------------------------------------------------------------
+
+OTA_STATES = ("DOWNLOADING", "DOWNLOADED", "VERIFIED", "UPDATING", "UPDATED", "FAILED")
+MAX_OTA_ERROR_LENGTH = 1000
+_JOB_CHARS = _NAME_CHARS.replace(".", "")
+_HEX = "0123456789abcdef"
+
+
+class Assignment:
+    """An update the server assigned (PROTOCOL.md "OTA")."""
+
+    def __init__(self, job, version, size, sha256, signature, url):
+        self.job = job
+        self.version = version
+        self.size = size
+        self.sha256 = sha256
+        self.signature = signature
+        self.url = url
+
+    def to_dict(self):
+        return {
+            "job": self.job,
+            "version": self.version,
+            "size": self.size,
+            "sha256": self.sha256,
+            "signature": self.signature,
+            "url": self.url,
+        }
+
+
+def is_job_id(value):
+    return (
+        type(value) is str
+        and 3 <= len(value) <= 40
+        and value.startswith("j_")
+        and all(char in _JOB_CHARS for char in value[2:])
+    )
+
+
+def validate_assignment(doc):
+    if type(doc) is not dict:
+        raise ProtocolError("an assignment must be a JSON object")
+    if not is_job_id(doc.get("job")):
+        raise ProtocolError("'job' must be a job id", "job")
+    size = doc.get("size")
+    if type(size) is not int or size <= 0:
+        raise ProtocolError("'size' must be a positive integer", "size")
+    sha256 = doc.get("sha256")
+    if type(sha256) is not str or len(sha256) != 64 or sha256.strip(_HEX):
+        raise ProtocolError("'sha256' must be 64 lowercase hex digits", "sha256")
+    for name in ("version", "signature", "url"):
+        if type(doc.get(name)) is not str or not doc[name]:
+            raise ProtocolError("'%s' must be a string" % name, name)
+    return Assignment(doc["job"], doc["version"], size, sha256, doc["signature"], doc["url"])
+
+
+def parse_assignment(raw):
+    """The retained assignment; None when it was withdrawn (an empty message)."""
+    if not raw:
+        return None
+    return validate_assignment(_loads(raw))
+
+
+def progress_doc(job, state, progress=None, error=None):
+    doc = {"job": job, "state": state}
+    if progress is not None:
+        doc["progress"] = progress
+    if error is not None:
+        doc["error"] = error[:MAX_OTA_ERROR_LENGTH] or "-"
     return doc
