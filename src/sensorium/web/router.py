@@ -21,6 +21,8 @@ from sensorium.db import epoch_ms
 from sensorium.devices import service as devices
 from sensorium.devices.models import Device
 from sensorium.errors import SensoriumError
+from sensorium.ota import service as ota
+from sensorium.ota.models import Rollout
 from sensorium.telemetry import service as telemetry
 from sensorium.users import service as users
 from sensorium.users.models import User
@@ -264,9 +266,14 @@ async def device_page(request: Request, device_id: str, session: SessionDep) -> 
     open_alerts = await alerts.list_alerts(
         session, owner=user, device_id=device.id, state="open", limit=50
     )
+    firmware_history = [
+        ota.device_job_public(job, rollout)
+        for job, rollout in await ota.device_jobs(session, device_id=device.id)
+    ]
     return _render(
-        request, "device.html", user=user, device=view, now_ms=now, open_alerts=open_alerts
-    )
+        request, "device.html", user=user, device=view, now_ms=now, open_alerts=open_alerts,
+        firmware_history=firmware_history,
+    )  # fmt: skip
 
 
 @router.post("/devices/{device_id}/settings")
@@ -416,3 +423,91 @@ async def channels_page(request: Request, session: SessionDep) -> Response:
         for c in await alerts.list_channels(session, owner=user)
     ]  # fmt: skip
     return _render(request, "alert_channels.html", user=user, channels=channels)
+
+
+# --- firmware updates ------------------------------------------------------------------------
+
+
+def _used_by(rollouts: list[Rollout]) -> list[dict[str, Any]]:
+    return [{"id": r.id, "state": r.state} for r in rollouts]
+
+
+@router.get("/firmware")
+async def firmware_page(request: Request, session: SessionDep) -> Response:
+    """The user's images (with the rollouts using each), the upload form and the public
+    key devices verify images with."""
+    user = await _user(request, session)
+    usage = await ota.firmware_usage(session, owner=user)
+    images = [
+        {**ota.firmware_public(f), "used_by": _used_by(usage.get(f.id, []))}
+        for f in await ota.list_firmware(session, owner=user)
+    ]
+    ctx = _ctx(request)
+    return _render(
+        request, "firmware.html", user=user, images=images, public_key=ctx.ota_keys.public_key_b64,
+        can_sign=ctx.ota_keys.can_sign, max_bytes=ctx.settings.ota_max_image_bytes,
+    )  # fmt: skip
+
+
+@router.get("/firmware/{firmware_id}")
+async def firmware_image_page(request: Request, firmware_id: int, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    try:
+        firmware = await ota.get_firmware(session, owner=user, firmware_id=firmware_id)
+    except SensoriumError:
+        return _render(request, "not_found.html", 404, user=user, missing="firmware")
+    usage = await ota.firmware_usage(session, owner=user)
+    image = {**ota.firmware_public(firmware), "used_by": _used_by(usage.get(firmware.id, []))}
+    return _render(request, "firmware_image.html", user=user, image=image)
+
+
+async def _rollout_summaries(session: Any, user: User) -> list[dict[str, Any]]:
+    return [
+        ota.rollout_public(r, await ota.counts(session, r.id))
+        for r in await ota.list_rollouts(session, owner=user)
+    ]
+
+
+async def _titles(session: Any, user: User) -> dict[int, str]:
+    return {f.id: f.title for f in await ota.list_firmware(session, owner=user)}
+
+
+@router.get("/rollouts")
+async def rollouts_page(request: Request, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    rollouts = await _rollout_summaries(session, user)
+    titles = await _titles(session, user)
+    return _render(request, "rollouts.html", user=user, rollouts=rollouts, titles=titles)
+
+
+@router.get("/rollouts/new")
+async def new_rollout_page(request: Request, session: SessionDep, firmware: int = 0) -> Response:
+    """Pick an image and devices (or a filter, counted as it is typed), the strategy and
+    the limits; the page posts the JSON API's own body."""
+    user = await _user(request, session)
+    images = [ota.firmware_public(f) for f in await ota.list_firmware(session, owner=user)]
+    rows, _total = await devices.list_devices(session, owner=user, limit=500)
+    targets = [
+        {"id": d.id, "name": d.name, "location": d.location, "fw": d.firmware_version} for d in rows
+    ]
+    selected = firmware if any(i["id"] == firmware for i in images) else None
+    return _render(
+        request, "rollout_new.html", user=user, images=images, devices=targets,
+        selected=selected, timeout_s=_ctx(request).settings.ota_device_timeout_s,
+    )  # fmt: skip
+
+
+@router.get("/rollouts/{rollout_id}")
+async def rollout_page(request: Request, rollout_id: int, session: SessionDep) -> Response:
+    user = await _user(request, session)
+    try:
+        rollout = await ota.get_rollout(session, owner=user, rollout_id=rollout_id)
+    except SensoriumError:
+        return _render(request, "not_found.html", 404, user=user, missing="rollout")
+    detail = {
+        **ota.rollout_public(rollout, await ota.counts(session, rollout.id)),
+        "jobs": [ota.job_public(j) for j in await ota.rollout_jobs(session, rollout.id)],
+    }
+    names = {d["id"]: d["name"] for d in await _device_choices(session, user)}
+    title = (await _titles(session, user)).get(rollout.firmware_id or 0)
+    return _render(request, "rollout.html", user=user, rollout=detail, names=names, title=title)

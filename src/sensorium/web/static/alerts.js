@@ -492,5 +492,7 @@
 
   document.addEventListener("DOMContentLoaded", () => { stream(); deviceAlerts(); });
 
-  Object.assign(S, { alertsPage, rulesPage, ruleEditor, channelsPage, setBadge });
+  // The helpers are shared with the other pages' scripts (ota.js).
+  Object.assign(S, { alertsPage, rulesPage, ruleEditor, channelsPage, setBadge,
+                     call, csrf, el, showError, timeEl, ApiError });
 })();
