@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.firmware import host
 from tests.firmware.conftest import Served
 from tests.firmware.fakes import Node, NtpServer, device_config
+from tests.firmware.test_system import closed_port
 from tests.helpers import Account, RegisteredDevice
 from tests.system.conftest import provisioned, wait_for
 
@@ -417,5 +418,32 @@ async def test_a_bundle_that_never_reaches_the_server_is_rolled_back(
         assert not (node.root / "ota" / "trial.json").exists()
         assert await online_with(served, device, OLD)
         assert time.monotonic() - started < 60
+    finally:
+        nodes.stop()
+
+
+async def test_over_the_http_fallback_the_state_poll_brings_the_update(
+    served: Served, ntp: NtpServer, tmp_path: Path, board: host.World
+) -> None:
+    owner = await served.api.account()
+    device = await served.api.device(owner)
+    await provisioned(served.api)
+    key = await public_key(served, owner)
+    nodes = Nodes(tmp_path, board)
+    try:
+        # No broker for this device: the assignment comes as `ota` in the state poll and
+        # the progress goes up with POST .../ota/progress.
+        node = nodes.boot(served, device, ntp, key, mqtt_port=closed_port())
+        assert await online_with(served, device, OLD)
+        assert node.device.link.name == "http"
+        firmware = await upload(served, owner, bundle("1.3.0"), "1.3.0")
+        rollout = await roll_out(served, owner, firmware["id"], [device.id])
+        job = (await finished(served, owner, rollout))[device.id]
+        assert job["state"] == "UPDATED", job
+        reported = [h["reported"] for h in job["history"] if h.get("reported")]
+        assert {"DOWNLOADED", "VERIFIED", "UPDATING", "UPDATED"} <= set(reported), reported
+        assert node.boots == 2
+        assert node.device.link.name == "http"
+        assert await online_with(served, device, "1.3.0")
     finally:
         nodes.stop()
