@@ -9,6 +9,7 @@ nothing is wider than a phone."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -160,6 +161,13 @@ async def test_upload_roll_out_and_watch_the_devices_update_live(
     await form.get_by_label("Version").fill("1.4.0")
     await form.get_by_role("button", name="Upload").click()
     await expect(error).to_contain_text("the image is larger than 4194304 bytes")
+    # A detached signature that is not this image's (64 zero bytes): refused, field marked.
+    await form.get_by_label("Image file (.bin)").set_input_files(build)
+    await form.get_by_text("Detached signature").click()
+    await form.get_by_label("Signature").fill(base64.b64encode(bytes(64)).decode())
+    await form.get_by_role("button", name="Upload").click()
+    await expect(error).to_contain_text("the signature does not match this image")
+    await expect(form.get_by_label("Signature")).to_have_attribute("aria-invalid", "true")
     assert len(await stored(http, owner, "firmware")) == 1
     await expect(page.locator("#image-list .image")).to_have_count(1)
 
@@ -314,7 +322,7 @@ async def test_upload_roll_out_and_watch_the_devices_update_live(
 
     # The refused uploads, the refused rollout and the intruder's pages are logged by the
     # browser as failed loads.
-    expected = {"status of 422": 2, "status of 409": 1, "status of 413": 1, "status of 404": 2}
+    expected = {"status of 422": 3, "status of 409": 1, "status of 413": 1, "status of 404": 2}
     for needle, n in expected.items():
         assert len([e for e in console_errors if needle in e]) == n, (needle, console_errors)
     assert [e for e in console_errors if not any(k in e for k in expected)] == []
@@ -342,6 +350,7 @@ async def test_firmware_in_use_cannot_be_deleted_and_pages_fit_a_phone(
     )
     assert r.status_code == 201, r.text
     rollout_id = r.json()["id"]
+    [job] = r.json()["jobs"]
 
     page = await logged_in(await new_page(viewport={"width": 390, "height": 844}), server, owner)
     await page.goto(f"{server}/firmware")
@@ -353,10 +362,24 @@ async def test_firmware_in_use_cannot_be_deleted_and_pages_fit_a_phone(
     await expect(page.get_by_role("button", name="Delete")).to_be_disabled()
     await expect(page.locator("#sha256")).to_have_text(image["sha256"])
 
+    # The device's page shows the update in its firmware history, moving live.
+    await page.goto(f"{server}/devices/{device.id}")
+    entry = page.locator("#device-firmware .fw-item")
+    await expect(entry.locator('[data-role="state"]')).to_have_text("Assigned")
+    await expect(page.locator('#device-firmware [data-role="current"]')).to_have_text("1.2.0")
+    r = await http.post(
+        f"/api/v1/devices/{device.id}/ota/progress",
+        json={"job": job["job"], "state": "DOWNLOADING", "progress": 0.3},
+        headers=device.headers,
+    )
+    assert r.status_code == 200, r.text
+    await expect(entry.locator('[data-role="state"]')).to_have_text("Downloading")
+    await expect(entry.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "30")
+
     # Cancelled from its page: the device's job too; the image may go then.
     await page.goto(f"{server}/rollouts/{rollout_id}")
     row = page.locator(f'#job-list [data-device="{device.id}"]')
-    await expect(row.locator('[data-role="state"]')).to_have_text("Assigned")
+    await expect(row.locator('[data-role="state"]')).to_have_text("Downloading")
     page.once("dialog", lambda d: d.accept())
     await page.get_by_role("button", name="Cancel rollout").click()
     await expect(page.locator("#rollout-state")).to_have_text("Cancelled")

@@ -509,6 +509,11 @@
     function showAll(detail) {
       const { jobs: all, ...summary } = detail;
       rollout = { ...rollout, ...summary };
+      // A device deleted since takes its job with it.
+      const present = new Set(all.map((j) => j.device_id));
+      for (const [id, parts] of rows) {
+        if (!present.has(id)) { parts.li.remove(); rows.delete(id); jobs.delete(id); }
+      }
       all.forEach(showJob);
       showSummary(summary);
     }
