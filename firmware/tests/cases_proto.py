@@ -34,7 +34,10 @@ def case_keys():
 def case_clean_values_drops_what_the_server_would_refuse():
     values = {"t": 21.5, "n": 3, "on": True, "bad key": 1, "nan": float("nan"), "s": "x"}
     values["inf"] = float("inf")
-    assert proto.clean_values(values) == {"t": 21.5, "n": 3, "on": True}
+    values["huge"] = 2e18  # beyond the server's ±1e18
+    values["big"] = -(10**19)
+    values["edge"] = -1e18
+    assert proto.clean_values(values) == {"t": 21.5, "n": 3, "on": True, "edge": -1e18}
 
 
 def case_entry_without_a_clock_is_stamped_by_the_server():

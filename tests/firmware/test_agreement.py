@@ -54,6 +54,7 @@ def test_limits_and_command_names_agree() -> None:
     assert proto.MAX_BATCH_ENTRIES == protocol.MAX_BATCH_ENTRIES
     assert proto.MAX_PAYLOAD_BYTES == protocol.MAX_PAYLOAD_BYTES
     assert proto.MAX_KEY_LENGTH == protocol.MAX_KEY_LENGTH
+    assert proto.MAX_ABS_VALUE == protocol.telemetry.MAX_ABS_VALUE
 
 
 @settings(max_examples=300, deadline=None)
@@ -68,12 +69,32 @@ def test_keys_the_firmware_accepts_are_the_keys_the_server_accepts(key: str) -> 
     assert fw().is_key(key) is server_ok
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.floats(width=32),
+        st.floats(),
+        st.integers(-(2**70), 2**70),
+        st.booleans(),
+        st.sampled_from([1e18, -1e18, 1e18 * (1 + 2**-52), 10**18, 10**18 + 1]),
+    )
+)
+def test_values_the_firmware_keeps_are_the_values_the_server_accepts(value: Any) -> None:
+    try:
+        protocol.validate_telemetry({"v": value}, now_ms=NOW_MS)
+    except protocol.PayloadError:
+        server_ok = False
+    else:
+        server_ok = True
+    assert fw().is_value(value) is server_ok, value
+
+
 values = st.dictionaries(
     st.text(alphabet="abcxyz_.-019", min_size=1, max_size=8),
     st.one_of(
         st.booleans(),
         st.integers(-(2**40), 2**40),
-        st.floats(allow_nan=False, allow_infinity=False, width=32),
+        st.floats(min_value=-9.999999843067494e17, max_value=9.999999843067494e17, width=32),
     ),
     min_size=1,
     max_size=4,

@@ -12,12 +12,12 @@ MAX_VERSION = 2**53 - 1
 MAX_DEPTH = 8
 MAX_STATE_BYTES = 16 * 1024
 MAX_PARAMS_BYTES = 8 * 1024
+MAX_ABS_VALUE = 1e18  # readings beyond it are refused by the server
 BUILTIN_COMMANDS = ("reboot", "ping", "set_interval", "reset_wifi", "blink", "wifi_scan")
 OFFLINE = b'{"online":false}'
 
 _NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
 _SEPARATORS = (",", ":")
-_INF = float("inf")
 
 
 class ProtocolError(ValueError):
@@ -109,11 +109,11 @@ def downlink_subscriptions(device_id):
 
 
 def is_value(value):
-    """Numbers must be finite; booleans are fine (stored as 0/1)."""
+    """Numbers within ±MAX_ABS_VALUE (the server's limit); booleans are fine (0/1)."""
     kind = type(value)
-    if kind is bool or kind is int:
+    if kind is bool:
         return True
-    return kind is float and -_INF < value < _INF
+    return (kind is int or kind is float) and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE
 
 
 def clean_values(values):
