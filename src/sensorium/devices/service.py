@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -9,6 +10,7 @@ from typing import Protocol
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from sensorium.alerts import engine as alerts
 from sensorium.db import epoch_ms, utcnow
@@ -272,6 +274,15 @@ async def identify_device(session: AsyncSession, *, token: str) -> DeviceIdentit
     return DeviceIdentity(device_id=row.device_id, expires_at=row.expires_at)
 
 
+@dataclass(slots=True)
+class StatusRecorded:
+    device: Device
+    # The device (re)connected: it was offline (or new), or its uptime went back (it
+    # rebooted). Its desired state and waiting commands are worth sending again then; not
+    # at every heartbeat.
+    reconnected: bool
+
+
 async def record_status(
     session: AsyncSession,
     *,
@@ -284,49 +295,105 @@ async def record_status(
 ) -> Device:
     """Store what a device says about itself (firmware, RSSI, uptime, online or not);
     `transport` is how it said it ("mqtt", "http"), which is where its commands go."""
-    device = await session.get(Device, device_id, with_for_update=True)
-    if device is None:
-        raise _not_found(device_id)
-    now_ms = now_ms if now_ms is not None else epoch_ms()
-    online = report.online is not False
-    new_status = "online" if online else "offline"
-    # The transition is decided by one conditional UPDATE, not by what was read above: the
-    # batch writer may mark the device online concurrently (SQLite has no row locks), and
-    # each transition must be recorded exactly once.
-    changed = await session.execute(
-        update(Device)
-        .where(Device.id == device_id, Device.status != new_status)
-        .values(status=new_status)
-        .returning(Device.id)
+    recorded = await record_statuses(
+        session,
+        reports=[(device_id, report)],
+        offline_after_s=offline_after_s,
+        now_ms=now_ms,
+        reason=reason,
+        transport=transport,
     )
-    if changed.first() is not None:
-        session.add(DeviceStatusEvent(device_id=device_id, ts=now_ms, online=online, reason=reason))
-        if not online:
+    if device_id not in recorded:
+        raise _not_found(device_id)
+    return recorded[device_id].device
+
+
+async def record_statuses(
+    session: AsyncSession,
+    *,
+    reports: Sequence[tuple[str, StatusReport]],
+    offline_after_s: int,
+    now_ms: int | None = None,
+    reason: str = "status",
+    transport: str | None = None,
+) -> dict[str, StatusRecorded]:
+    """`record_status` for many devices (at most one report each) in a few statements:
+    what MQTT ingest does with the heartbeats of a fleet. Devices that do not exist are
+    left out of the answer."""
+    now_ms = now_ms if now_ms is not None else epoch_ms()
+    wanted = dict(reports)
+    if len(wanted) != len(reports):
+        raise ValueError("one status report per device")
+    # Locked in id order (as the batch writer does), so two workers cannot deadlock.
+    found = {
+        device.id: device
+        for device in await session.scalars(
+            select(Device)
+            .where(Device.id.in_(sorted(wanted)))
+            .order_by(Device.id)
+            .with_for_update()
+        )
+    }
+    online = sorted(d for d in found if wanted[d].online is not False)
+    offline = sorted(d for d in found if wanted[d].online is False)
+    # Transitions are decided by conditional UPDATEs, not by what was read above: the batch
+    # writer may mark a device online concurrently (SQLite has no row locks), and each
+    # transition must be recorded exactly once.
+    transitions: set[str] = set()
+    for ids, new_status in ((online, "online"), (offline, "offline")):
+        if not ids:
+            continue
+        changed = await session.execute(
+            update(Device)
+            .where(Device.id.in_(ids), Device.status != new_status)
+            .values(status=new_status)
+            .returning(Device.id)
+            .execution_options(synchronize_session=False)
+        )
+        transitions.update(changed.scalars())
+        for device_id in ids:
+            set_committed_value(found[device_id], "status", new_status)
+    for device_id in sorted(transitions):
+        is_online = wanted[device_id].online is not False
+        session.add(
+            DeviceStatusEvent(device_id=device_id, ts=now_ms, online=is_online, reason=reason)
+        )
+        if not is_online:
             await alerts.device_offline(session, device_id=device_id, at_ms=now_ms)
     if online:
-        await alerts.devices_back(session, device_ids=[device_id], at_ms=now_ms)
-    await session.refresh(device)
-    if transport is not None and online:
-        device.transport = transport
-    if report.fw is not None:
-        device.firmware_version = report.fw
-    if report.interval_s is not None:
-        device.interval_s = report.interval_s
-    info = dict(device.info or {})
-    for field in ("rssi", "uptime_s", "ip", "free_heap"):
-        value = getattr(report, field)
-        if value is not None:
-            info[field] = value
-    device.info = info
-    if online:
-        device.last_seen = utcnow()
-        device.offline_at_ms = offline_deadline_ms(
-            now_ms=now_ms, interval_s=device.interval_s, offline_after_s=offline_after_s
+        await alerts.devices_back(session, device_ids=online, at_ms=now_ms)
+    recorded: dict[str, StatusRecorded] = {}
+    for device_id, device in found.items():
+        report = wanted[device_id]
+        is_online = report.online is not False
+        info = dict(device.info or {})
+        before = info.get("uptime_s")
+        rebooted = (
+            report.uptime_s is not None and isinstance(before, int) and report.uptime_s < before
         )
-    else:
-        device.offline_at_ms = now_ms
+        if transport is not None and is_online:
+            device.transport = transport
+        if report.fw is not None:
+            device.firmware_version = report.fw
+        if report.interval_s is not None:
+            device.interval_s = report.interval_s
+        for field in ("rssi", "uptime_s", "ip", "free_heap"):
+            value = getattr(report, field)
+            if value is not None:
+                info[field] = value
+        device.info = info
+        if is_online:
+            device.last_seen = utcnow()
+            device.offline_at_ms = offline_deadline_ms(
+                now_ms=now_ms, interval_s=device.interval_s, offline_after_s=offline_after_s
+            )
+        else:
+            device.offline_at_ms = now_ms
+        recorded[device_id] = StatusRecorded(
+            device, reconnected=is_online and (device_id in transitions or rebooted)
+        )
     await session.flush()
-    return device
+    return recorded
 
 
 async def mark_silent_devices_offline(

@@ -638,6 +638,24 @@ async def active_job(session: AsyncSession, device_id: str) -> tuple[OtaJob, Rol
     return (row[0], row[1]) if row is not None else None
 
 
+async def devices_updating(session: AsyncSession, device_ids: Sequence[str]) -> set[str]:
+    """Which of these devices have an assignment in force (one query for a batch of
+    heartbeats, most of which have none)."""
+    if not device_ids:
+        return set()
+    rows = await session.scalars(
+        select(OtaJob.device_id)
+        .join(Rollout, Rollout.id == OtaJob.rollout_id)
+        .where(
+            OtaJob.device_id.in_(sorted(set(device_ids))),
+            OtaJob.state.in_(IN_FLIGHT),
+            Rollout.state.in_(ACTIVE_ROLLOUT_STATES),
+        )
+        .distinct()
+    )
+    return set(rows)
+
+
 def download_url(token: str) -> str:
     return f"/api/v1/firmware/jobs/{token}/image"
 

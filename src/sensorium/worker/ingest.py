@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -42,6 +43,7 @@ from sensorium.protocol import (
     ParsedTopic,
     ProtocolError,
     Reading,
+    StatusReport,
     parse_command_result,
     parse_log,
     parse_state_document,
@@ -61,10 +63,21 @@ log = logging.getLogger(__name__)
 RETRY_MAX_S = 30.0
 # Tries to store a status, log, state or result message before giving up (~6 s of retries).
 CONTROL_ATTEMPTS = 5
+# Status messages stored in one transaction, at most.
+STATUS_BATCH = 500
 # Few and small: handled one at a time, in order, after the device's pending telemetry.
 CONTROL_KINDS = frozenset(
     {KIND_STATUS, KIND_LOGS, KIND_STATE_REPORTED, KIND_COMMAND_RESULT, KIND_OTA_PROGRESS}
 )
+
+
+@dataclass(slots=True)
+class _Control:
+    """A status, log, reported state, command result or OTA progress message."""
+
+    parsed: ParsedTopic
+    message: mqtt.MQTTMessage
+    entry: Pending
 
 
 class RejectLog:
@@ -117,7 +130,7 @@ class MqttIngest:
         # (connection generation, message): see AckQueue.
         self._inbox: asyncio.Queue[tuple[int, mqtt.MQTTMessage] | None] = asyncio.Queue()
         # Status and log messages are few; one queue keeps each device's in order.
-        self._control: asyncio.Queue[tuple[mqtt.MQTTMessage, Pending] | None] = asyncio.Queue()
+        self._control: asyncio.Queue[_Control | None] = asyncio.Queue()
         self._consumer: asyncio.Task[None] | None = None
         self._controller: asyncio.Task[None] | None = None
         self._client: mqtt.Client | None = None
@@ -322,7 +335,7 @@ class MqttIngest:
             self._submit(parsed.device_id, readings, entry)
         else:
             assert parsed.kind in CONTROL_KINDS
-            self._control.put_nowait((message, entry))
+            self._control.put_nowait(_Control(parsed, message, entry))
 
     def _submit(self, device_id: str, readings: Sequence[Reading], entry: Pending) -> None:
         future = self._writer.submit(device_id, readings)
@@ -375,36 +388,83 @@ class MqttIngest:
         self._submit(device_id, readings, entry)
 
     async def _consume_control(self) -> None:
-        while (item := await self._control.get()) is not None:
-            message, entry = item
-            parsed = parse_uplink_topic(message.topic)
-            assert parsed is not None
-            # Keep each device's messages in order: a last will published after a reading
-            # must not be stored before it (the reading would turn the device online again).
-            earlier = self._pending_writes.get(parsed.device_id)
-            if earlier is not None and not earlier.done():
-                await asyncio.wait([earlier])
-            for attempt in range(CONTROL_ATTEMPTS):
-                try:
-                    await self._store_control(
-                        parsed, bytes(message.payload), retained=bool(message.retain)
-                    )
-                except (ProtocolError, SensoriumError) as exc:
-                    self._reject(parsed.device_id, exc.code, exc.message)
-                except Exception:
-                    # The database is busy or away ("database is locked" on SQLite): retry.
-                    log.exception("storing %s failed (attempt %d)", message.topic, attempt + 1)
-                    await asyncio.sleep(0.2 * 2**attempt)
-                    continue
-                break
-            self._acks.complete(entry)
+        held: _Control | None = None
+        while True:
+            item = held if held is not None else await self._control.get()
+            held = None
+            if item is None:
+                return
+            if item.parsed.kind != KIND_STATUS:
+                await self._handle_control(item)
+                continue
+            # Heartbeats of a fleet (hundreds a second) go into one transaction: one at a
+            # time, each cost ~14 ms of round trips, and every ack waited behind them.
+            # At most one per device, so each device's messages keep their order.
+            batch = [item]
+            devices_in = {item.parsed.device_id}
+            while len(batch) < STATUS_BATCH and not self._control.empty():
+                following = self._control.get_nowait()
+                if (
+                    following is None
+                    or following.parsed.kind != KIND_STATUS
+                    or following.parsed.device_id in devices_in
+                ):
+                    held = following
+                    break
+                batch.append(following)
+                devices_in.add(following.parsed.device_id)
+            await self._handle_statuses(batch)
 
-    async def _store_control(
-        self, parsed: ParsedTopic, payload: bytes, *, retained: bool = False
-    ) -> None:
-        if parsed.kind == KIND_STATUS:
-            await self._store_status(parsed.device_id, payload, retained=retained)
-        elif parsed.kind == KIND_LOGS:
+    async def _after_earlier_writes(self, device_ids: Iterable[str]) -> None:
+        """Keep each device's messages in order: a last will published after a reading must
+        not be stored before it (the reading would turn the device online again)."""
+        earlier = [
+            future
+            for device_id in device_ids
+            if (future := self._pending_writes.get(device_id)) is not None and not future.done()
+        ]
+        if earlier:
+            await asyncio.wait(earlier)
+
+    async def _handle_control(self, item: _Control) -> None:
+        parsed, message = item.parsed, item.message
+        await self._after_earlier_writes([parsed.device_id])
+        for attempt in range(CONTROL_ATTEMPTS):
+            try:
+                await self._store_control(parsed, bytes(message.payload))
+            except (ProtocolError, SensoriumError) as exc:
+                self._reject(parsed.device_id, exc.code, exc.message)
+            except Exception:
+                # The database is busy or away ("database is locked" on SQLite): retry.
+                log.exception("storing %s failed (attempt %d)", message.topic, attempt + 1)
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            break
+        self._acks.complete(item.entry)
+
+    async def _handle_statuses(self, batch: list[_Control]) -> None:
+        await self._after_earlier_writes(item.parsed.device_id for item in batch)
+        reports: list[tuple[_Control, StatusReport]] = []
+        for item in batch:
+            try:
+                reports.append((item, parse_status(bytes(item.message.payload))))
+            except ProtocolError as exc:
+                self._reject(item.parsed.device_id, exc.code, exc.message)
+        for attempt in range(CONTROL_ATTEMPTS):
+            try:
+                await self._store_statuses(reports)
+            except Exception:
+                log.exception(
+                    "storing %d status message(s) failed (attempt %d)", len(reports), attempt + 1
+                )
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            break
+        for item in batch:
+            self._acks.complete(item.entry)
+
+    async def _store_control(self, parsed: ParsedTopic, payload: bytes) -> None:
+        if parsed.kind == KIND_LOGS:
             await self._store_log(parsed.device_id, payload)
         elif parsed.kind == KIND_STATE_REPORTED:
             await self._store_reported(parsed.device_id, payload)
@@ -414,31 +474,52 @@ class MqttIngest:
             assert parsed.command_id is not None
             await self._store_result(parsed.device_id, parsed.command_id, payload)
 
-    async def _store_status(self, device_id: str, payload: bytes, *, retained: bool) -> None:
-        report = parse_status(payload)
+    async def _store_statuses(self, reports: list[tuple[_Control, StatusReport]]) -> None:
+        if not reports:
+            return
         async with self._sessions() as session, session.begin():
-            device = await devices.record_status(
+            recorded = await devices.record_statuses(
                 session,
-                device_id=device_id,
-                report=report,
+                reports=[(item.parsed.device_id, report) for item, report in reports],
                 offline_after_s=self._offline_after_s,
                 transport="mqtt",
             )
             # The firmware version proves (or disproves) an update. A retained status the
             # broker replays on resubscription is old news: it may prove, never disprove.
-            updates = await ota.record_version(
-                session, device_id=device_id, fw=report.fw, fresh=not retained
-            )
+            with_fw = [item.parsed.device_id for item, report in reports if report.fw]
+            updating = await ota.devices_updating(session, with_fw)
+            updates = ota.Changed.none()
+            for item, report in reports:
+                if item.parsed.device_id in updating:
+                    changed = await ota.record_version(
+                        session,
+                        device_id=item.parsed.device_id,
+                        fw=report.fw,
+                        fresh=not item.message.retain,
+                    )
+                    updates.devices |= changed.devices
+                    updates.jobs += changed.jobs
+        for item, _report in reports:
+            if item.parsed.device_id not in recorded:
+                self._reject(
+                    item.parsed.device_id,
+                    "device_not_found",
+                    f"device {item.parsed.device_id} not found",
+                )
         if updates.jobs:
             await deliver_ota(self._control_plane, self._bus, updates)
-        if self._bus is not None:
-            self._bus.publish(devices.live_status(device, reason="status", now_ms=epoch_ms()))
-        if report.online is not False and self._control_plane is not None:
-            # The device (re)connected: its desired state and waiting commands go out,
-            # without holding up other devices' messages.
-            task = asyncio.create_task(self._control_plane.device_online(device_id))
-            self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
+        now_ms = epoch_ms()
+        for device_id, status in recorded.items():
+            if self._bus is not None:
+                self._bus.publish(
+                    devices.live_status(status.device, reason="status", now_ms=now_ms)
+                )
+            if status.reconnected and self._control_plane is not None:
+                # The device (re)connected: its desired state, waiting commands and update
+                # assignment go out, without holding up other devices' messages.
+                task = asyncio.create_task(self._control_plane.device_online(device_id))
+                self._retries.add(task)
+                task.add_done_callback(self._retries.discard)
 
     async def _store_reported(self, device_id: str, payload: bytes) -> None:
         report = parse_state_document(payload)
