@@ -71,6 +71,12 @@ async def test_register_add_device_live_value_chart_csv_logout(
     token = await add_device(page, "A4:CF:12:B3:C4:D5", "Kitchen sensor")
     assert token.startswith("sdt_")
     assert "mosquitto_pub" not in await page.content()  # no MQTT in this server: not offered
+    # The ready-to-flash config carries the key the device checks firmware updates with.
+    key = await page.evaluate(
+        "fetch('/api/v1/firmware/public-key').then(r => r.json()).then(b => b.public_key)"
+    )
+    assert len(key) == 44  # 32 bytes, base64
+    assert f'"ota_public_key": "{key}"' in await page.content()
     await page.get_by_role("link", name="Open Kitchen sensor").click()
     await expect(page.get_by_role("heading", name="Kitchen sensor")).to_be_visible()
     # The last hour shows raw readings (the default 24 h shows 1-minute buckets).

@@ -200,6 +200,8 @@ def _connection_lines(request: Request, device_id: str, token: str) -> dict[str,
         "device_id": device_id,
         "token": token,
         "interval_s": 30,
+        # What the device checks update signatures with (PROTOCOL.md "OTA").
+        "ota_public_key": ctx.ota_keys.public_key_b64,
     }
     lines: dict[str, Any] = {
         "config": orjson.dumps(config, option=orjson.OPT_INDENT_2).decode(),
