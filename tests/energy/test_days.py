@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select
 
-from sensorium.energy import service
+from sensorium.energy import meters, service
 from sensorium.energy.models import EnergyDay, EnergyHour
 from sensorium.protocol import Reading
 from tests.energy.conftest import HOUR, get, ms, store
@@ -124,3 +124,56 @@ async def test_precompute_fills_the_caches_for_every_site(api: Api) -> None:
                      period="week", at=str(start + 2 * DAY), tz="UTC")  # fmt: skip
     assert body["current"]["kwh"] == pytest.approx(2.0 * 24 * 2)
     assert body["unmetered_kwh"] == pytest.approx(1.5 * 24 * 2)
+
+
+async def test_hours_cut_by_slot_edges_read_for_all_meters_at_once_or_one_by_one(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tariff window off the hour cuts two hours a day; the summary ends mid-hour. Their
+    # raw points are read for all meters in one statement, or per meter when there are many:
+    # the figures are the same, each meter's own.
+    owner = await api.account()
+    devices = [await api.device(owner) for _ in range(3)]
+    rng = random.Random(5)
+    start = ms("2026-06-08T00:00:00+00:00")
+    gap = (ms("2026-06-09T06:40:00+00:00"), ms("2026-06-09T07:20:00+00:00"))
+    for index, device in enumerate(devices):
+        data = []
+        for t in range(start, start + 3 * DAY, 30_000):
+            if index == 1 and gap[0] <= t < gap[1]:
+                continue  # a gap across the window's end
+            data.append(Reading(ts=t, key="power", value=100.0 * (index + 1) + rng.uniform(0, 50)))
+        await store(api, device, data)
+    r = await api.client.post("/api/v1/energy/sites", headers=owner.headers, json={
+        "name": "Home", "mains": devices[0].id, "submeters": [d.id for d in devices[1:]]})  # fmt: skip
+    assert r.status_code == 201, r.text
+    site = r.json()["id"]
+    tariff = {"currency": "EUR", "price_per_kwh": 0.30, "standing_charge_per_day": 0.0,
+              "windows": [{"start": "06:30", "end": "07:15", "price_per_kwh": 0.10}]}  # fmt: skip
+    r = await api.client.put(f"/api/v1/energy/sites/{site}/tariff", json=tariff,
+                             headers=owner.headers)  # fmt: skip
+    assert r.status_code == 200, r.text
+    params = {"site": site, "period": "week", "tz": "UTC", "at": "2026-06-10T17:42:10+00:00"}
+    read_together: list[int] = []
+    cut_hour_points = meters._cut_hour_points
+
+    async def spy(*args: Any) -> dict[int, list[tuple[int, float]]]:
+        out = await cut_hour_points(*args)
+        read_together.append(len(out))
+        return out
+
+    monkeypatch.setattr(meters, "_cut_hour_points", spy)
+    together = await get(api, "/api/v1/energy/summary", owner.headers, **params)
+    assert read_together[:1] == [3]  # the current week's: every meter's
+    await _forget(api)
+    monkeypatch.setattr(meters, "CUT_HOURS_AT_ONCE", 0)
+    read_together.clear()
+    apart = await get(api, "/api/v1/energy/summary", owner.headers, **params)
+    assert read_together
+    assert not any(read_together)
+    assert [m["kwh"] for m in together["meters"]] == [m["kwh"] for m in apart["meters"]]
+    assert len({m["kwh"] for m in together["meters"]}) == 3
+    assert together["current"] == apart["current"]
+    assert together["unmetered_kwh"] == apart["unmetered_kwh"]
+    assert [m["missing"] for m in together["meters"]] == [m["missing"] for m in apart["meters"]]
+    assert together["meters"][1]["missing"]  # the gap

@@ -3,6 +3,8 @@ estimates, and figures that survive the raw points' retention."""
 
 from __future__ import annotations
 
+import itertools
+import random
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -63,6 +65,22 @@ def test_a_counter_reset_counts_the_new_value_and_a_long_gap_past_it_is_missing(
     assert slots.wh == [pytest.approx(1000.0), pytest.approx(250.0), pytest.approx(500.0)]
     assert integrator.missing == [(2 * HOUR, 5 * HOUR)]
     assert slots.missing_ms == [0, 0, 3 * HOUR]
+
+
+def test_a_missing_stretch_adds_to_every_slot_it_overlaps() -> None:
+    # Long stretches (a year with no data) are added slice-wise: the same as slot by slot.
+    rng = random.Random(3)
+    cuts = sorted(set(rng.sample(range(0, 50 * HOUR, MINUTE), 400)))
+    slots = Slots.over(cuts)
+    integrator = Integrator(slots, counter=False, max_gap_ms=MINUTE)
+    expected = [0] * (len(cuts) - 1)
+    for _ in range(300):
+        a = rng.randrange(cuts[0] - HOUR, cuts[-1] + HOUR)
+        b = a + rng.choice([1, rng.randrange(1, HOUR), rng.randrange(1, 60 * HOUR)])
+        integrator.miss(a, b)
+        for i, (lo, hi) in enumerate(itertools.pairwise(cuts)):
+            expected[i] += max(0, min(b, hi) - max(a, lo))
+        assert slots.missing_ms == expected
 
 
 def test_rollup_estimates() -> None:

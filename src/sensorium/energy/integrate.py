@@ -7,7 +7,7 @@ Pure arithmetic, no database: service.py feeds it readings, cached hours and rol
 from __future__ import annotations
 
 import operator
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -150,11 +150,20 @@ class Integrator:
             self.missing[-1] = (self.missing[-1][0], max(b, self.missing[-1][1]))
         else:
             self.missing.append((a, b))
+        cuts, missing_ms = self.slots.cuts, self.slots.missing_ms
         i = self.slots.index(a)
-        cuts = self.slots.cuts
-        while i < len(self.slots.wh) and cuts[i] < b:
-            self.slots.missing_ms[i] += min(b, cuts[i + 1]) - max(a, cuts[i])
-            i += 1
+        k = min(bisect_left(cuts, b), len(missing_ms))  # slots i..k-1 start before b
+        # The first and last slot may be cut; those between lie wholly inside [a, b) and
+        # get their whole length, added slice-wise (a stretch can span a year of hours).
+        missing_ms[i] += min(b, cuts[i + 1]) - max(a, cuts[i])
+        if k - 1 > i:
+            missing_ms[k - 1] += min(b, cuts[k]) - max(a, cuts[k - 1])
+        if k - 2 > i:
+            missing_ms[i + 1 : k - 1] = map(
+                operator.add,
+                missing_ms[i + 1 : k - 1],
+                map(operator.sub, cuts[i + 2 : k], cuts[i + 1 : k - 1]),
+            )
 
 
 def estimate_interior(

@@ -16,7 +16,8 @@ import itertools
 import math
 import operator
 import struct
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from sensorium.energy.integrate import (
 )
 from sensorium.energy.models import EnergyDay, EnergyHour
 from sensorium.protocol import mac_to_int
-from sensorium.telemetry.models import Point, Rollup, TelemetryKey
+from sensorium.telemetry.models import Point, Rollup, Series, TelemetryKey
 from sensorium.telemetry.series import of as series_of
 
 ENERGY_KEY = "energy"
@@ -44,6 +45,10 @@ DAY_MS = 86_400_000
 HOURS = struct.Struct("<24d")
 # Runs of at least this many whole hours are summed by the database, not read point by point.
 BULK_HOURS = 3
+# Hours cut by a slot edge are read point by point. Up to this many (meter x hour) are read
+# for all meters in one statement, not one statement per meter: a summary's last, partial
+# hour, for instance.
+CUT_HOURS_AT_ONCE = 96
 
 
 @dataclass(slots=True)
@@ -172,6 +177,7 @@ async def meters_energy(
     first_hour = start - start % HOUR_MS
     spans = {d: _spans(first_hour, end, [r.bucket for r in covered[d]]) for d, _k in active}
     hours, cached = await _hour_rows(session, active, spans)
+    cut_points = await _cut_hour_points(session, active, hours, template)
     before = await _readings_before(session, active, start)
     after = await _readings_from(session, active, end)
     out: list[MeterEnergy] = []
@@ -186,7 +192,7 @@ async def meters_energy(
         state = _Walk(integrator, before.get(device), start)
         await _integrate(
             session, state, device, keys[source], hours.get(device, []),
-            cached.get(device, {}), covered[device], cache,
+            cached.get(device, {}), covered[device], cache, cut_points.get(device),
         )  # fmt: skip
         state.finish(after.get(device), until)
         if cache is not None:
@@ -238,8 +244,25 @@ async def _sources(
     return out
 
 
-def _pairs(active: Sequence[tuple[int, int]], device: Any, key_id: Any) -> Any:
-    return or_(*(and_(device == d, key_id == k) for d, k in active))
+def _within(
+    groups: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]]],
+    device: Any,
+    key_id: Any,
+    ts: Any,
+) -> Any:
+    """Rows of these (device, key id) pairs with `ts` in these [a, b) ranges, for each
+    (pairs, ranges) group. Each branch is `device IN (...) AND key_id = k AND a <= ts < b`,
+    one range scan of a (device, key_id, ..., ts) index: written as (device = d AND key_id
+    = k) OR ..., the planner scanned every device's rows of the key instead."""
+    branches = []
+    for pairs, ranges in groups:
+        by_key: dict[int, list[int]] = {}
+        for d, k in pairs:
+            by_key.setdefault(k, []).append(d)
+        for k, devices in sorted(by_key.items()):
+            for a, b in ranges:
+                branches.append(and_(device.in_(devices), key_id == k, ts >= a, ts < b))
+    return or_(*branches)
 
 
 async def _day_rows(
@@ -282,10 +305,8 @@ async def _day_rows(
         )
         .outerjoin(e, valid)
         .where(
-            _pairs(active, r.device, r.key_id),
             r.grain == DAY_MS,
-            r.bucket >= aligned[0],
-            r.bucket <= aligned[-1],
+            _within([(active, [(aligned[0], aligned[-1] + 1)])], r.device, r.key_id, r.bucket),
         )
         .order_by(r.device, r.bucket)
     )
@@ -308,14 +329,10 @@ async def _hour_rows(
     if not by_spans:
         return {}, {}
 
+    groups = [(group, ranges) for ranges, group in by_spans.items()]
+
     def where(device: Any, key_id: Any, bucket: Any) -> Any:
-        return or_(
-            *(
-                and_(_pairs(group, device, key_id), or_(*(and_(bucket >= a, bucket < b)
-                                                         for a, b in ranges)))
-                for ranges, group in by_spans.items()
-            )
-        )  # fmt: skip
+        return _within(groups, device, key_id, bucket)
 
     r, e = Rollup, EnergyHour
     hours: dict[int, list[Any]] = {}
@@ -358,6 +375,55 @@ async def _hour_rows(
         ):
             cached.setdefault(entry.device, {})[entry.hour] = entry
     return hours, cached
+
+
+def _whole_hour(slots: Slots, hour: int) -> bool:
+    """Whether the UTC hour starting at `hour` lies inside the slots and inside one slot."""
+    return hour >= slots.start and slots.inside(hour, hour + HOUR_MS)
+
+
+async def _cut_hour_points(
+    session: AsyncSession,
+    active: Sequence[tuple[int, int]],
+    hours: dict[int, list[Any]],
+    slots: Slots,
+) -> dict[int, list[tuple[int, float]]]:
+    """Per device, the raw points (ts, value) of its hours that a slot edge cuts, in time
+    order, read for all meters in one statement; {} when there are more than
+    CUT_HOURS_AT_ONCE such hours in all (then `_integrate` reads them meter by meter)."""
+    runs: dict[tuple[int, int], list[int]] = {}  # [a, b) -> the devices whose hours these are
+    count = 0
+    for device, _k in active:
+        mine: list[list[int]] = []
+        for h in hours.get(device, []):
+            if _whole_hour(slots, h.bucket):
+                continue
+            count += 1
+            if mine and mine[-1][1] == h.bucket:
+                mine[-1][1] = h.bucket + HOUR_MS
+            else:
+                mine.append([h.bucket, h.bucket + HOUR_MS])
+        for a, b in mine:
+            runs.setdefault((a, b), []).append(device)
+    if not runs or count > CUT_HOURS_AT_ONCE:
+        return {}
+    key_of = dict(active)
+    wanted = _within(
+        [([(d, key_of[d]) for d in devices], [run]) for run, devices in runs.items()],
+        Series.device,
+        Series.key_id,
+        Point.ts,
+    )
+    out: dict[int, list[tuple[int, float]]] = {d: [] for devices in runs.values() for d in devices}
+    rows = await session.execute(
+        select(Series.device, Point.ts, Point.value)
+        .join(Series, Series.id == Point.series)
+        .where(wanted)
+        .order_by(Series.device, Point.ts)
+    )
+    for device, ts, value in rows:
+        out[device].append((ts, value))
+    return out
 
 
 async def _readings_before(
@@ -469,14 +535,15 @@ async def _integrate(
     cached: dict[int, Any],
     covered: Sequence[Any],
     cache: CacheEntries | None,
+    cut_points: list[tuple[int, float]] | None = None,
 ) -> None:
     """Walk the meter's cached days and its hours in time order: cached hours as blocks,
-    the others from their raw points (or their rollups once those are gone)."""
+    the others from their raw points (or their rollups once those are gone).
+    `cut_points`: the raw points of all its hours cut by a slot edge, when already read."""
     slots, max_gap = state.integrator.slots, state.integrator.max_gap_ms
-    start = slots.start
 
     def whole(r: Any) -> bool:
-        return bool(r.bucket >= start and slots.inside(r.bucket, r.bucket + HOUR_MS))
+        return _whole_hour(slots, r.bucket)
 
     def known(r: Any) -> bool:
         e = cached.get(r.bucket)
@@ -535,27 +602,19 @@ async def _integrate(
                 state.seen.clear()
                 continue
         by_hour = {h.bucket: h for h in run}
-        result = await session.stream(
-            select(Point.ts, Point.value)
-            .where(
-                Point.series == series_of(device, key_id),
-                Point.ts >= run[0].bucket,
-                Point.ts < run[-1].bucket + HOUR_MS,
-            )
-            .order_by(Point.ts)
-            .execution_options(yield_per=10_000)
-        )
         current: int | None = None
         points: list[tuple[int, float]] = []
-        async for ts, value in result:
-            hour = ts - ts % HOUR_MS
-            if hour != current:
-                if current is not None and current in by_hour:
-                    state.hour(
-                        by_hour[current], points, whole(by_hour[current]), device, key_id, cache
-                    )
-                current, points = hour, []
-            points.append((ts, value))
+        async for batch in _run_points(session, device, key_id, run, kind, cut_points):
+            for ts, value in batch:
+                hour = ts - ts % HOUR_MS
+                if hour != current:
+                    if current is not None and current in by_hour:
+                        state.hour(
+                            by_hour[current], points, whole(by_hour[current]), device, key_id,
+                            cache,
+                        )  # fmt: skip
+                    current, points = hour, []
+                points.append((ts, value))
         if current is not None and current in by_hour:
             state.hour(by_hour[current], points, whole(by_hour[current]), device, key_id, cache)
         # Hours whose raw points are all gone (retention): their rollups stand in.
@@ -563,6 +622,32 @@ async def _integrate(
             if h.bucket not in state.seen:
                 state.hour(h, [], whole(h), device, key_id, cache)
         state.seen.clear()
+
+
+async def _run_points(
+    session: AsyncSession,
+    device: int,
+    key_id: int,
+    run: Sequence[Any],
+    whole: bool,
+    cut_points: list[tuple[int, float]] | None,
+) -> AsyncIterator[Sequence[tuple[int, float]]]:
+    """The raw points of a run of hours, in time order, in batches: from `cut_points` for
+    hours cut by a slot edge when those were read already, else from the database (a
+    batch at a time: a row at a time costs a greenlet switch each)."""
+    a, b = run[0].bucket, run[-1].bucket + HOUR_MS
+    if not whole and cut_points is not None:
+        i = bisect_left(cut_points, (a,))
+        yield cut_points[i : bisect_left(cut_points, (b,), lo=i)]
+        return
+    result = await session.stream(
+        select(Point.ts, Point.value)
+        .where(Point.series == series_of(device, key_id), Point.ts >= a, Point.ts < b)
+        .order_by(Point.ts)
+        .execution_options(yield_per=10_000)
+    )
+    async for batch in result.partitions():
+        yield batch
 
 
 async def _hour_sums(
