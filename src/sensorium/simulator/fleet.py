@@ -259,7 +259,8 @@ class SimDevice:
 
     def stop(self) -> None:
         self._stopping = True
-        self._cancel_update()
+        if self._update is not None:
+            self._update.cancel()  # awaited when the device's task ends
         self._poke()
 
     # --- DownlinkSink (called on the loop, maybe inside a paho callback) --------------------
