@@ -154,16 +154,20 @@ async def _wait_until_provisioned(host: str, port: int, device: RegisteredDevice
     raise AssertionError("device accounts were not provisioned")
 
 
-@pytest.mark.parametrize("scenario", ["single-worker-broker-restart", "shared-workers-scale-down"])
+@pytest.mark.parametrize(
+    "scenario",
+    ["single-worker-broker-restart", "shared-workers-scale-down", "shared-workers-all-at-once"],
+)
 async def test_no_loss_and_no_duplicates(
     settings: Settings, broker: EmbeddedBroker, workers: Workers, tmp_path: Path, scenario: str
 ) -> None:
     """Single worker: kill -9 twice and a broker restart (SIGTERM) while devices publish.
-    Two shared-subscription workers: one killed -9 twice, the other scaled down.
+    Two shared-subscription workers: one killed -9 twice, the other scaled down; and
+    all of it at once (the issue's acceptance point as written).
 
-    (Shared subscriptions and a broker restart do not mix on Mosquitto 2.0: it does not
-    restore shared subscriptions, so messages published before the workers resubscribe
-    are dropped; measured and documented in docs/mqtt.md.)
+    (Mosquitto 2.0 does not restore shared subscriptions when it restarts: what devices
+    publish before a worker subscribes again goes nowhere. The workers retry every 0.2 s
+    and the devices back off from 1 s, so the workers are back first; docs/mqtt.md.)
     """
     assert broker.address is not None
     assert broker.supervisor is not None
@@ -173,6 +177,7 @@ async def test_no_loss_and_no_duplicates(
         owner = await api.account()
         registered = [await api.device(owner) for _ in range(DEVICES)]
     shared = scenario.startswith("shared")
+    restart_broker = not shared or scenario == "shared-workers-all-at-once"
     workers.start("w1", "--shared" if shared else "--no-shared")
     if shared:
         workers.start("w2", "--shared", "--leave")
@@ -191,7 +196,7 @@ async def test_no_loss_and_no_duplicates(
         await asyncio.sleep(1)
         workers.start("w1", "--shared" if shared else "--no-shared")
         await asyncio.sleep(2)
-        if not shared:
+        if restart_broker:
             # The broker restarts (SIGTERM: it saves its sessions and queues first).
             pid = broker.supervisor.pid
             assert pid is not None
@@ -222,7 +227,7 @@ async def test_no_loss_and_no_duplicates(
             await asyncio.sleep(0.1)
         logs = "\n".join(await asyncio.to_thread(_tails, tmp_path))
         assert (total, distinct) == (want, want), logs
-        assert broker.supervisor.restarts == (0 if shared else 1)
+        assert broker.supervisor.restarts == (1 if restart_broker else 0)
     finally:
         for publisher in publishers:
             publisher.stop()

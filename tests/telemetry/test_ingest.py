@@ -9,6 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from sensorium.protocol import telemetry as protocol_telemetry
 from sensorium.telemetry.models import LatestValue, Point
 from tests.helpers import Api
 
@@ -199,3 +200,25 @@ async def test_device_auth_failures_store_nothing(
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
     assert await count_points(api.client) == 0
+
+
+async def test_readings_the_database_refuses_are_a_422_and_nothing_of_them_is_stored(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not api.client.app.state.ctx.settings.database_url.startswith("postgresql"):  # type: ignore[attr-defined]
+        pytest.skip("SQLite stores a float overflow as infinity: it refuses no value")
+    # Past the protocol's ±1e18 (lifted here): the second reading overflows the minute
+    # rollup's sum, which PostgreSQL refuses for good.
+    monkeypatch.setattr(protocol_telemetry, "MAX_ABS_VALUE", float("inf"))
+    owner = await api.account()
+    device = await api.device(owner)
+    ts = now_ms() - 1000
+    assert (await api.send(device, {"ts": ts, "values": {"v": 1.7e308}})).status_code == 202
+    before = await count_points(api.client)
+    r = await api.send(device, {"ts": ts + 1, "values": {"v": 1.7e308, "w": 1}})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unstorable"
+    assert "value out of range" in error["message"]
+    assert await count_points(api.client) == before
+    assert (await api.send(device, {"ts": ts + 2, "values": {"w": 2}})).status_code == 202

@@ -161,9 +161,11 @@ class MqttIngest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        # Reconnect fast: every moment without the subscription can cost messages. (paho
-        # annotates the delays as int but computes and sleeps with floats.)
-        client.reconnect_delay_set(min_delay=0.1, max_delay=5)  # type: ignore[arg-type]
+        # Reconnect fast, and keep trying every 0.2 s: a restarted Mosquitto 2.0 has lost the
+        # group's shared subscriptions, and what devices publish before a worker subscribes
+        # again goes nowhere. Devices back off from 1 s, so the workers are back first. (A
+        # refused connect is cheap; paho annotates the delays as int but uses floats.)
+        client.reconnect_delay_set(min_delay=0.1, max_delay=0.2)  # type: ignore[arg-type]
         properties = _properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self._session_expiry_s
         properties.ReceiveMaximum = self._receive_maximum
