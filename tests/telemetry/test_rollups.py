@@ -160,8 +160,9 @@ def test_rollups_equal_the_aggregation_of_the_raw_points(
     runner.run(scenario())
 
 
-def test_the_postgresql_statement_lists_the_grains() -> None:
-    listed = re.search(r"VALUES \(([0-9), (]+)\) AS g\(grain\)", rollups.PG_MERGE)
+@pytest.mark.parametrize("statement", [rollups.PG_MERGE, rollups.PG_ADD_NEW])
+def test_the_postgresql_statements_list_the_grains(statement: str) -> None:
+    listed = re.search(r"VALUES \(([0-9), (]+)\) AS g\(grain\)", statement)
     assert listed is not None
     assert tuple(int(g) for g in re.findall(r"\d+", listed.group(1))) == rollups.GRAINS
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,9 @@ from sensorium.db import create_engine, session_factory
 from sensorium.devices.models import Device
 from sensorium.errors import NotFound
 from sensorium.protocol import Reading, mac_to_int
-from sensorium.telemetry.models import LatestValue, Point, Series
+from sensorium.telemetry import rollups
+from sensorium.telemetry import writer as writer_module
+from sensorium.telemetry.models import LatestValue, Point, Rollup, Series
 from sensorium.telemetry.writer import BatchWriter, Unstorable
 from sensorium.users.models import User
 
@@ -192,3 +195,71 @@ async def test_a_document_the_database_refuses_for_its_data_fails_as_unstorable(
     assert await writer.write("020000000001", readings(3)) == 3
     await writer.stop()
     assert await count(env, Point) == 4
+
+
+async def test_a_redelivered_batch_falls_back_to_the_merge_and_the_later_value_wins(
+    env: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's COPY path copies straight into `points` and falls back to the staged
+    merge only when a point is already stored (a redelivery); both keep the points free of
+    duplicates, the rollups exact and latest_values the newest."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("the COPY path is PostgreSQL's")
+    fallbacks: list[int] = []
+    original = writer_module._staged_store
+
+    async def counting(session: Any, driver: Any, points: Any, owners: Any) -> None:
+        fallbacks.append(len(points))
+        await original(session, driver, points, owners)
+
+    monkeypatch.setattr(writer_module, "_staged_store", counting)
+    writer = BatchWriter(env, offline_after_s=60)
+    await writer.start()
+    start = int(time.time() * 1000) - 100_000
+    device = "020000000000"
+
+    def entries(first: int, last: int, value: float) -> list[Reading]:
+        return [Reading(start + i * 97, k, value + i) for i in range(first, last) for k in "pq"]
+
+    assert await writer.write(device, entries(0, 300, 1.0)) == 600
+    assert fallbacks == []  # all new: straight into points
+    # Redelivered with later values for a third of them, plus new ones.
+    assert await writer.write(device, entries(200, 400, 5.0)) == 400
+    assert fallbacks == [400]
+    # The connection is fine after the rolled-back COPY: the next new batch copies again.
+    assert await writer.write(device, entries(400, 500, 9.0)) == 200
+    assert fallbacks == [400]
+    await writer.stop()
+
+    want = {start + i * 97: (1.0 if i < 200 else 5.0 if i < 400 else 9.0) + i for i in range(500)}
+    async with env() as session:
+        stored = list(
+            await session.execute(
+                select(Series.device, Series.key_id, Point.ts, Point.value).join(
+                    Series, Series.id == Point.series
+                )
+            )
+        )
+        latest = list(await session.execute(select(LatestValue.ts, LatestValue.value)))
+        rows = {
+            (r.device, r.key_id, r.grain, r.bucket): r
+            for r in (await session.scalars(select(Rollup))).all()
+        }
+    assert len(stored) == 1000  # no duplicates
+    for key_id in {row.key_id for row in stored}:
+        assert {row.ts: row.value for row in stored if row.key_id == key_id} == want
+    last = start + 499 * 97
+    assert sorted(latest) == [(last, want[last])] * 2
+    # The rollups are the aggregation of what is stored (the overwritten buckets recomputed).
+    expected = rollups.increments(((d, k, t), v) for d, k, t, v in stored)
+    assert rows.keys() == expected.keys()
+    for key, stats in expected.items():
+        got = rows[key]
+        assert (got.vmin, got.vmax, got.n) == (stats.vmin, stats.vmax, stats.n), key
+        assert (got.first_ts, got.first_value, got.last_ts, got.last_value) == (
+            stats.first_ts,
+            stats.first_value,
+            stats.last_ts,
+            stats.last_value,
+        ), key
+        assert math.isclose(got.vsum, stats.vsum, rel_tol=1e-12), key

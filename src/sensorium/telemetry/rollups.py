@@ -9,8 +9,9 @@ the points.
   change nothing).
 - A re-sent identical point changes nothing.
 
-The writer's PostgreSQL COPY path does all of it in one statement (`PG_MERGE`); the other
-paths (SQLite, small batches) compute the increments here in Python.
+The writer's PostgreSQL COPY path does it in SQL (`PG_ADD_NEW` when every point was new,
+`PG_MERGE` otherwise); the other paths (SQLite, small batches) compute the increments here
+in Python.
 """
 
 from __future__ import annotations
@@ -188,17 +189,12 @@ async def recompute(session: AsyncSession, changed: Iterable[tuple[int, int, int
 key_columns = frozenset({"device", "key_id", "grain", "bucket"})
 
 
-# The COPY path: points from the staging table that are new are inserted and merged into
-# their buckets in one statement, which returns how many were new. (The VALUES list is
-# GRAINS, checked by tests/telemetry/test_rollups.py.) The staging table carries each
-# point's device and key next to its series.
-PG_MERGE = """
-WITH ins AS (
-    INSERT INTO points (series, ts, value)
-    SELECT series, ts, value FROM sensorium_points_stage
-    ON CONFLICT (series, ts) DO NOTHING
-    RETURNING series, ts, value
-), roll AS (
+# New points merged into their buckets, in one statement; `{points}` names them as
+# `i(series, ts, value)`. (The VALUES list is GRAINS, checked by
+# tests/telemetry/test_rollups.py.) Rows go in (device, key, grain, bucket) order, the order
+# `add` uses too: two workers storing points of the same devices lock the same rollup rows
+# in the same order, so neither waits for the other in a deadlock.
+_MERGE_NEW = """
     INSERT INTO rollups (device, key_id, grain, bucket, vmin, vmax, vsum, n,
                          first_ts, first_value, last_ts, last_value)
     SELECT s.device, s.key_id, r.grain, r.bucket, r.vmin, r.vmax, r.vsum, r.n,
@@ -209,9 +205,10 @@ WITH ins AS (
                count(*) AS n, min(i.ts) AS first_ts,
                (array_agg(i.value ORDER BY i.ts))[1] AS first_value, max(i.ts) AS last_ts,
                (array_agg(i.value ORDER BY i.ts DESC))[1] AS last_value
-        FROM ins i CROSS JOIN (VALUES (60000), (3600000), (86400000)) AS g(grain)
+        FROM {points} CROSS JOIN (VALUES (60000), (3600000), (86400000)) AS g(grain)
         GROUP BY i.series, g.grain, i.ts - i.ts % g.grain
     ) r JOIN series s ON s.id = r.series
+    ORDER BY s.device, s.key_id, r.grain, r.bucket
     ON CONFLICT (device, key_id, grain, bucket) DO UPDATE SET
         vmin = LEAST(rollups.vmin, EXCLUDED.vmin),
         vmax = GREATEST(rollups.vmax, EXCLUDED.vmax),
@@ -223,9 +220,26 @@ WITH ins AS (
         last_value = CASE WHEN EXCLUDED.last_ts > rollups.last_ts
                           THEN EXCLUDED.last_value ELSE rollups.last_value END,
         last_ts = GREATEST(rollups.last_ts, EXCLUDED.last_ts)
-)
-SELECT count(*) FROM ins
 """
+
+# The COPY path's fallback (some points may exist already): points from the staging table
+# that are new are inserted and merged into their buckets in one statement, which returns
+# how many were new. The staging table carries each point's device and key next to its
+# series. (Built from constants only, never from input.)
+PG_MERGE = """
+WITH ins AS (
+    INSERT INTO points (series, ts, value)
+    SELECT series, ts, value FROM sensorium_points_stage
+    ON CONFLICT (series, ts) DO NOTHING
+    RETURNING series, ts, value
+), roll AS ({roll})
+SELECT count(*) FROM ins
+""".format(roll=_MERGE_NEW.format(points="ins i"))  # noqa: S608
+# The COPY path when every point was new (COPY straight into `points` succeeded): the
+# points, as arrays of series, ts and value, merged into their buckets.
+PG_ADD_NEW = _MERGE_NEW.format(
+    points="unnest($1::bigint[], $2::bigint[], $3::float8[]) AS i(series, ts, value)"
+)
 # Only when some were not new: those whose value differs are overwritten and returned for
 # `recompute` (the ones just inserted carry the same value, so they are not touched).
 PG_OVERWRITE = """
