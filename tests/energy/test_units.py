@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import delete
 
-from sensorium.energy import tariffs
+from sensorium.energy import meters, tariffs
 from sensorium.energy.integrate import Integrator, Slots, estimate_interior
 from sensorium.telemetry.models import Point
 from tests.energy.conftest import HOUR, MINUTE, constant, get, ms, readings, store
@@ -81,6 +81,38 @@ def test_a_missing_stretch_adds_to_every_slot_it_overlaps() -> None:
         for i, (lo, hi) in enumerate(itertools.pairwise(cuts)):
             expected[i] += max(0, min(b, hi) - max(a, lo))
         assert slots.missing_ms == expected
+
+
+@pytest.mark.parametrize("counter", [False, True])
+def test_points_cut_by_slot_edges_add_up_as_when_bridged_one_by_one(counter: bool) -> None:
+    # An hour cut by slot edges (tariff edges at :20 and :45, the range ending at :50):
+    # the stretches inside one slot are summed as a block, the rest bridged one by one.
+    rng = random.Random(9)
+    cuts = [0, 20 * MINUTE, 45 * MINUTE, 50 * MINUTE]
+    points, value, t, step = [], 1.0, -3 * MINUTE, 10_000
+    while t < HOUR:
+        value = value + rng.uniform(0, 0.01) if counter else rng.uniform(0, 3000)
+        if counter and step > 15 * MINUTE:
+            value = 0.001  # reset during a long gap: the gap is missing
+        points.append((t, value))
+        step = rng.choice([10_000, 20_000, 17 * MINUTE])  # now and then past the gap limit
+        t += step
+    walks = []
+    for by_block in (True, False):
+        slots = Slots.over(cuts)
+        walk = meters._Walk(Integrator(slots, counter=counter, max_gap_ms=15 * MINUTE), None, 0)
+        if by_block:
+            walk.cut(points)
+        else:
+            for ts, v in points:
+                walk.to(ts, v)
+        walks.append(walk)
+    blocked, one_by_one = walks
+    assert blocked.integrator.slots.wh == pytest.approx(one_by_one.integrator.slots.wh, rel=1e-12)
+    assert blocked.integrator.missing == one_by_one.integrator.missing
+    assert blocked.integrator.missing
+    assert blocked.integrator.slots.missing_ms == one_by_one.integrator.slots.missing_ms
+    assert blocked.prev == one_by_one.prev == points[-1]
 
 
 def test_rollup_estimates() -> None:

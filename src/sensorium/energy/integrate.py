@@ -50,6 +50,18 @@ class Slots:
     def total(self) -> float:
         return sum(self.wh)
 
+    @classmethod
+    def sum_of(cls, cuts: list[int], parts: Sequence[Slots]) -> Slots:
+        """Slot-wise sum of slots over these cuts (the same figures as merging them one
+        after the other, in one pass: a year of hours from 20 meters)."""
+        n = len(cuts) - 1
+        if not parts:
+            return cls(cuts, [0.0] * n, [0] * n)
+        wh: list[float] = list(map(sum, zip(*(p.wh for p in parts), strict=True)))
+        gaps: list[list[int]] = [p.missing_ms for p in parts if any(p.missing_ms)] or [[0] * n]
+        missing = list(map(max, *gaps)) if len(gaps) > 1 else list(gaps[0])
+        return cls(cuts, wh, missing)
+
     def merged(self, other: Slots, sign: float = 1.0) -> Slots:
         """Slot-wise self + sign x other (the same cuts)."""
         if len(self.wh) != len(other.wh):

@@ -12,16 +12,31 @@ days whose slots are exactly their 24 hours are read from there.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
 import operator
 import struct
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.db import dialect_insert
@@ -70,6 +85,13 @@ class CacheEntries:
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.days)
+
+
+async def _rows(session: AsyncSession, statement: Any, params: Any = None) -> Any:
+    """Run a statement of plain columns on the session's connection: Core rows, without
+    the ORM's per-row loading (which cost more than the statement for a year of days)."""
+    connection = await session.connection()
+    return await connection.execute(statement, params)
 
 
 async def key_ids(session: AsyncSession) -> dict[str, int]:
@@ -202,16 +224,104 @@ async def meters_energy(
     return out
 
 
-async def _first_of_each(session: AsyncSession, queries: Sequence[Any]) -> list[Any]:
-    """The first row of each query (None when it has none), in one statement."""
-    if not queries:
+def _sources_queries(device: Any, key_id: Any) -> list[Any]:
+    # Whether the key has an hour rollup in [lo, hi).
+    return [
+        select(Rollup.bucket).where(
+            Rollup.device == device,
+            Rollup.key_id == key_id,
+            Rollup.grain == HOUR_MS,
+            Rollup.bucket >= bindparam("lo", type_=BigInteger),
+            Rollup.bucket < bindparam("hi", type_=BigInteger),
+        )
+    ]
+
+
+def _before_queries(device: Any, key_id: Any) -> list[Any]:
+    # The last raw point in [minute, ts), and the last reading of the last minute rollup
+    # before ts. Raw points only in the minute of `ts`: the minute rollups know the last
+    # reading of every earlier minute, and a range this short plans on one partition.
+    ts, minute = bindparam("ts", type_=BigInteger), bindparam("minute", type_=BigInteger)
+    return [
+        select(Point.ts, Point.value)
+        .where(Point.series == _series_id(device, key_id), Point.ts >= minute, Point.ts < ts)
+        .order_by(Point.ts.desc()),
+        select(Rollup.last_ts, Rollup.last_value)
+        .where(
+            Rollup.device == device,
+            Rollup.key_id == key_id,
+            Rollup.grain == MINUTE_MS,
+            Rollup.bucket < ts,
+            Rollup.last_ts < ts,
+        )
+        .order_by(Rollup.bucket.desc()),
+    ]
+
+
+def _from_queries(device: Any, key_id: Any) -> list[Any]:
+    # The first raw point in [ts, the next minute), and the first reading at or after ts
+    # of the first minute rollup from the minute of ts.
+    ts, minute = bindparam("ts", type_=BigInteger), bindparam("minute", type_=BigInteger)
+    next_minute = bindparam("next_minute", type_=BigInteger)
+    return [
+        select(Point.ts, Point.value)
+        .where(
+            Point.series == _series_id(device, key_id),
+            Point.ts >= ts,
+            Point.ts < next_minute,
+        )
+        .order_by(Point.ts),
+        select(Rollup.first_ts, Rollup.first_value)
+        .where(
+            Rollup.device == device,
+            Rollup.key_id == key_id,
+            Rollup.grain == MINUTE_MS,
+            Rollup.bucket >= minute,
+            Rollup.first_ts >= ts,
+        )
+        .order_by(Rollup.bucket),
+    ]
+
+
+def _series_id(device: Any, key_id: Any) -> Any:
+    return (
+        select(Series.id).where(Series.device == device, Series.key_id == key_id).scalar_subquery()
+    )
+
+
+_PAIR_QUERIES: dict[str, Callable[[Any, Any], list[Any]]] = {
+    "sources": _sources_queries,
+    "before": _before_queries,
+    "from": _from_queries,
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _firsts_statement(kind: str, pairs: int) -> Any:
+    """The first row of each of `kind`'s queries for `pairs` (device, key) pairs, in one
+    statement with bound parameters d0, k0, d1, ...: built once per kind and count, since
+    building 40 subqueries took longer than the database took to run them."""
+    parts: list[Any] = []
+    for i in range(pairs):
+        device, key_id = bindparam(f"d{i}", type_=BigInteger), bindparam(f"k{i}", type_=Integer)
+        for query in _PAIR_QUERIES[kind](device, key_id):
+            sub = query.limit(1).subquery()
+            parts.append(select(literal(len(parts)).label("q"), *sub.c))
+    return union_all(*parts)
+
+
+async def _first_of_each(
+    session: AsyncSession, kind: str, pairs: Sequence[tuple[int, int]], **shared: int
+) -> list[Any]:
+    """The first row of each of `kind`'s queries for each (device, key) pair, in order
+    (None when a query has none), in one statement."""
+    if not pairs:
         return []
-    parts = []
-    for i, query in enumerate(queries):
-        sub = query.limit(1).subquery()
-        parts.append(select(literal(i).label("q"), *sub.c))
-    found: list[Any] = [None] * len(queries)
-    for row in await session.execute(union_all(*parts)):
+    params: dict[str, int] = dict(shared)
+    for i, (device, key_id) in enumerate(pairs):
+        params[f"d{i}"], params[f"k{i}"] = device, key_id
+    found: list[Any] = [None] * (len(pairs) * len(_PAIR_QUERIES[kind](0, 0)))
+    for row in await _rows(session, _firsts_statement(kind, len(pairs)), params):
         found[row[0]] = row[1:]
     return found
 
@@ -221,22 +331,13 @@ async def _sources(
 ) -> dict[int, str | None]:
     """Per device, its energy counter when that has readings in [start, end), else its
     power when that has, else None."""
-    asks: list[tuple[int, str]] = []
-    queries = []
-    for device in devices:
-        for name in (ENERGY_KEY, POWER_KEY):
-            if name in keys:
-                asks.append((device, name))
-                queries.append(
-                    select(Rollup.bucket).where(
-                        Rollup.device == device,
-                        Rollup.key_id == keys[name],
-                        Rollup.grain == HOUR_MS,
-                        Rollup.bucket >= start - start % HOUR_MS,
-                        Rollup.bucket < end,
-                    )
-                )
-    found = await _first_of_each(session, queries)
+    asks = [
+        (device, name) for device in devices for name in (ENERGY_KEY, POWER_KEY) if name in keys
+    ]
+    found = await _first_of_each(
+        session, "sources", [(d, keys[name]) for d, name in asks],
+        lo=start - start % HOUR_MS, hi=end,
+    )  # fmt: skip
     out: dict[int, str | None] = {}
     for (device, name), row in zip(asks, found, strict=True):
         if row is not None and out.get(device) is None:
@@ -287,7 +388,8 @@ async def _day_rows(
         e.vmax == r.vmax,
         func.abs(e.vsum - r.vsum) <= 1e-9 * (func.abs(r.vsum) + 1.0),
     )
-    rows = await session.execute(
+    rows = await _rows(
+        session,
         select(
             r.device,
             r.bucket,
@@ -300,7 +402,8 @@ async def _day_rows(
             r.last_ts,
             r.last_value,
             e.hours,
-            e.missing,
+            # As text: nearly every day's is "[]", which needs no JSON decoding.
+            cast(e.missing, String).label("missing"),
             e.estimated,
         )
         .outerjoin(e, valid)
@@ -308,7 +411,7 @@ async def _day_rows(
             r.grain == DAY_MS,
             _within([(active, [(aligned[0], aligned[-1] + 1)])], r.device, r.key_id, r.bucket),
         )
-        .order_by(r.device, r.bucket)
+        .order_by(r.device, r.bucket),
     )
     out: dict[int, list[Any]] = {}
     for row in rows:
@@ -336,7 +439,8 @@ async def _hour_rows(
 
     r, e = Rollup, EnergyHour
     hours: dict[int, list[Any]] = {}
-    for row in await session.execute(
+    for row in await _rows(
+        session,
         select(
             r.device,
             r.bucket,
@@ -350,12 +454,13 @@ async def _hour_rows(
             r.last_value,
         )
         .where(r.grain == HOUR_MS, where(r.device, r.key_id, r.bucket))
-        .order_by(r.device, r.bucket)
+        .order_by(r.device, r.bucket),
     ):
         hours.setdefault(row.device, []).append(row)
     cached: dict[int, dict[int, Any]] = {}
     if hours:
-        for entry in await session.execute(
+        for entry in await _rows(
+            session,
             select(
                 e.device,
                 e.hour,
@@ -371,7 +476,7 @@ async def _hour_rows(
                 e.wh,
                 e.missing,
                 e.estimated,
-            ).where(where(e.device, e.key_id, e.hour))
+            ).where(where(e.device, e.key_id, e.hour)),
         ):
             cached.setdefault(entry.device, {})[entry.hour] = entry
     return hours, cached
@@ -415,11 +520,12 @@ async def _cut_hour_points(
         Point.ts,
     )
     out: dict[int, list[tuple[int, float]]] = {d: [] for devices in runs.values() for d in devices}
-    rows = await session.execute(
+    rows = await _rows(
+        session,
         select(Series.device, Point.ts, Point.value)
         .join(Series, Series.id == Point.series)
         .where(wanted)
-        .order_by(Series.device, Point.ts)
+        .order_by(Series.device, Point.ts),
     )
     for device, ts, value in rows:
         out[device].append((ts, value))
@@ -431,31 +537,7 @@ async def _readings_before(
 ) -> dict[int, tuple[int, float]]:
     """Per device, the last reading before `ts`: a raw point, or the last one a rollup
     remembers (after retention dropped the raw points)."""
-    queries = []
-    for device, key_id in active:
-        # Raw points only in the minute of `ts`: the minute rollups know the last reading
-        # of every earlier minute, and a range this short plans on one partition.
-        queries.append(
-            select(Point.ts, Point.value)
-            .where(
-                Point.series == series_of(device, key_id),
-                Point.ts >= ts - ts % MINUTE_MS,
-                Point.ts < ts,
-            )
-            .order_by(Point.ts.desc())
-        )
-        queries.append(
-            select(Rollup.last_ts, Rollup.last_value)
-            .where(
-                Rollup.device == device,
-                Rollup.key_id == key_id,
-                Rollup.grain == MINUTE_MS,
-                Rollup.bucket < ts,
-                Rollup.last_ts < ts,
-            )
-            .order_by(Rollup.bucket.desc())
-        )
-    found = await _first_of_each(session, queries)
+    found = await _first_of_each(session, "before", active, ts=ts, minute=ts - ts % MINUTE_MS)
     out: dict[int, tuple[int, float]] = {}
     for i, (device, _k) in enumerate(active):
         candidates = [(int(r[0]), float(r[1])) for r in found[2 * i : 2 * i + 2] if r is not None]
@@ -469,29 +551,10 @@ async def _readings_from(
 ) -> dict[int, tuple[int, float]]:
     """Per device, the first reading at or after `ts`: a raw point in the minute of `ts`,
     else the first reading of the next minute that has one (its rollup)."""
-    queries = []
-    for device, key_id in active:
-        queries.append(
-            select(Point.ts, Point.value)
-            .where(
-                Point.series == series_of(device, key_id),
-                Point.ts >= ts,
-                Point.ts < ts - ts % MINUTE_MS + MINUTE_MS,
-            )
-            .order_by(Point.ts)
-        )
-        queries.append(
-            select(Rollup.first_ts, Rollup.first_value)
-            .where(
-                Rollup.device == device,
-                Rollup.key_id == key_id,
-                Rollup.grain == MINUTE_MS,
-                Rollup.bucket >= ts - ts % MINUTE_MS,
-                Rollup.first_ts >= ts,
-            )
-            .order_by(Rollup.bucket)
-        )
-    found = await _first_of_each(session, queries)
+    minute = ts - ts % MINUTE_MS
+    found = await _first_of_each(
+        session, "from", active, ts=ts, minute=minute, next_minute=minute + MINUTE_MS
+    )
     out: dict[int, tuple[int, float]] = {}
     for i, (device, _k) in enumerate(active):
         row = found[2 * i] if found[2 * i] is not None else found[2 * i + 1]
@@ -556,10 +619,13 @@ async def _integrate(
     )
     i = 0
     while i < len(items):
-        _at, is_day, it = items[i]
+        at, is_day, it = items[i]
         if is_day:
-            state.day(it)
-            i += 1
+            j = i + 1  # the run of consecutive cached days from here
+            while j < len(items) and items[j][1] and items[j][0] == at + (j - i) * DAY_MS:
+                j += 1
+            state.days([day for _a, _d, day in items[i:j]])
+            i = j
             continue
         if known(it):
             entry = cached[it.bucket]
@@ -752,6 +818,21 @@ def _new_days(
         )
 
 
+def _between(
+    integrator: Integrator, points: Sequence[tuple[int, float]]
+) -> tuple[float, list[Stretch]]:
+    """The energy between the first and the last of these readings (in time order), and
+    the stretches between them that are not bridged."""
+    wh, missing = 0.0, []
+    pair = integrator.pair
+    for (t1, v1), (t2, v2) in itertools.pairwise(points):
+        step, gap = pair(t1, v1, t2, v2)
+        wh += step
+        if gap is not None:
+            missing.append(gap)
+    return wh, missing
+
+
 _Block = tuple[tuple[int, float], tuple[int, float], float, Sequence[Stretch], bool, int]
 
 
@@ -794,18 +875,22 @@ class _Walk:
         if hour is not None:
             self.blocks[hour] = (first, last, wh, missing, estimated, n)
 
-    def day(self, entry: Any) -> None:
-        """A whole UTC day from `energy_days` (with its rollup's first and last reading):
-        its slots are its 24 hours."""
-        self.to(entry.first_ts, entry.first_value)
+    def days(self, entries: Sequence[Any]) -> None:
+        """Consecutive whole UTC days from `energy_days` (with their rollups' first and
+        last readings; `missing` as JSON text): each day's slots are its 24 hours, so the
+        days' slots follow one another and their hours are added in one go."""
         integrator = self.integrator
-        i = integrator.slots.index(entry.bucket)
         wh = integrator.slots.wh
-        wh[i : i + 24] = map(operator.add, wh[i : i + 24], HOURS.unpack(entry.hours))
-        for a, b in entry.missing:
-            integrator.miss(a, b)
-        integrator.estimated |= entry.estimated
-        self.prev = (entry.last_ts, entry.last_value)
+        i, n = integrator.slots.index(entries[0].bucket), 24 * len(entries)
+        hours = struct.unpack(f"<{n}d", b"".join(entry.hours for entry in entries))
+        wh[i : i + n] = map(operator.add, wh[i : i + n], hours)
+        for entry in entries:
+            self.to(entry.first_ts, entry.first_value)
+            if entry.missing != "[]":
+                for a, b in json.loads(entry.missing):
+                    integrator.miss(a, b)
+            integrator.estimated |= entry.estimated
+            self.prev = (entry.last_ts, entry.last_value)
 
     def hour(
         self,
@@ -838,20 +923,36 @@ class _Walk:
                 )
             return
         if not whole:
-            for ts, value in points:
-                self.to(ts, value)
+            self.cut(points)
             return
-        wh, missing = 0.0, []
-        for (t1, v1), (t2, v2) in itertools.pairwise(points):
-            step, gap = integrator.pair(t1, v1, t2, v2)
-            wh += step
-            if gap is not None:
-                missing.append(gap)
+        wh, missing = _between(integrator, points)
         self.block(points[0], points[-1], wh, missing, False, r.bucket, len(points))
         if cache is not None and len(points) == r.n:
             cache.rows.append(
                 _cache_row(device, key_id, r, integrator.max_gap_ms, wh, missing, False)
             )
+
+    def cut(self, points: Sequence[tuple[int, float]]) -> None:
+        """The points of an hour that slot edges cut (in time order): the stretches between
+        consecutive points in one slot are summed and added as one block; only those that
+        cross an edge (or lie outside the slots) are bridged one by one."""
+        slots = self.integrator.slots
+        cuts, inner = slots.cuts, range(len(slots.wh))
+        i = 0
+        while i < len(points):
+            k = slots.index(points[i][0])
+            if k not in inner:
+                self.to(*points[i])
+                i += 1
+                continue
+            j = bisect_left(points, (cuts[k + 1],), lo=i)  # the first point past the slot
+            if j - i < 2:
+                self.to(*points[i])
+                i += 1
+                continue
+            wh, missing = _between(self.integrator, points[i:j])
+            self.block(points[i], points[j - 1], wh, missing, False, None)
+            i = j
 
     def finish(self, following: tuple[int, float] | None, until: int) -> None:
         if self.prev is None:

@@ -356,12 +356,9 @@ async def scope_energy(
         cache=cache,
     )
     meters = list(zip(scope.meters, energies, strict=True))
-    empty = Slots.over(cuts)
     mains = [e for (_d, _n, role), e in meters if role == MAINS]
     subs = [e for (_d, _n, role), e in meters if role != MAINS]
-    sub_total = empty
-    for e in subs:
-        sub_total = sub_total.merged(e.slots)
+    sub_total = Slots.sum_of(Slots.over(cuts).cuts, [e.slots for e in subs])
     if mains:
         total, unmetered, counted = mains[0].slots, mains[0].slots.merged(sub_total, -1.0), mains
     else:
@@ -484,8 +481,8 @@ def base_load_w(slots: Slots, tz: ZoneInfo, until: int) -> float | None:
         a, b = slots.cuts[i], slots.cuts[i + 1]
         if b - a < HOUR_MS // 2 or b > until or slots.missing_ms[i]:
             continue
-        start, end = local(a, tz), local(b - 1, tz)
-        if start.hour not in NIGHT_HOURS or end.hour not in NIGHT_HOURS:
+        start = local(a, tz)
+        if start.hour not in NIGHT_HOURS or local(b - 1, tz).hour not in NIGHT_HOURS:
             continue
         watts = wh * HOUR_MS / (b - a)
         day = start.date()
