@@ -162,9 +162,14 @@ def test_rollups_equal_the_aggregation_of_the_raw_points(
 
 @pytest.mark.parametrize("statement", [rollups.PG_MERGE, rollups.PG_ADD_NEW])
 def test_the_postgresql_statements_list_the_grains(statement: str) -> None:
+    """Minute buckets from the points, the coarser ones from the minutes."""
+    minute = re.search(r"i\.ts - i\.ts % (\d+) AS bucket", statement)
+    assert minute is not None
+    assert re.findall(r"SELECT series, (\d+) AS grain", statement) == [minute.group(1)]
     listed = re.search(r"VALUES \(([0-9), (]+)\) AS g\(grain\)", statement)
     assert listed is not None
-    assert tuple(int(g) for g in re.findall(r"\d+", listed.group(1))) == rollups.GRAINS
+    coarser = tuple(int(g) for g in re.findall(r"\d+", listed.group(1)))
+    assert (int(minute.group(1)), *coarser) == rollups.GRAINS
 
 
 def test_device_ids_are_distinct_integers() -> None:
