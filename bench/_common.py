@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -163,11 +165,24 @@ def cpu_percent(before: dict[str, float], after: dict[str, float], wall: float) 
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def other_benchmarks() -> list[str]:
-    """Command lines of the other bench/*.py scripts running now (any user's)."""
+def _start_ticks(pid: int) -> int:
+    """When a process started (clock ticks after boot; 0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def other_benchmarks(*, earlier_only: bool = False) -> list[str]:
+    """Command lines of the other bench/*.py scripts running now (any user's); with
+    `earlier_only`, only those started before this process."""
     found = []
+    ours = _start_ticks(os.getpid())
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if earlier_only and _start_ticks(int(entry.name)) > ours:
             continue
         if not _comm(int(entry.name)).startswith("python"):
             continue
@@ -181,23 +196,30 @@ def other_benchmarks() -> list[str]:
     return found
 
 
-async def wait_for_other_benchmarks(log: Callable[[str], None]) -> None:
-    """Until no other bench/*.py script runs (polling every 10 s)."""
+async def wait_for_other_benchmarks(
+    log: Callable[[str], None], *, earlier_only: bool = False
+) -> None:
+    """Until no other bench/*.py script runs (polling every 10 s). With `earlier_only`,
+    scripts started after this one are not waited for: they wait for it (two scripts that
+    each wait for the other would wait for ever)."""
     announced = False
-    while running := await asyncio.to_thread(other_benchmarks):
+    while running := await asyncio.to_thread(other_benchmarks, earlier_only=earlier_only):
         if not announced:
             log(f"waiting for another benchmark to finish: {running[0][:120]}")
             announced = True
         await asyncio.sleep(10)
 
 
-async def wait_quiet_machine(log: Callable[[str], None], limit_s: float = 300.0) -> bool:
-    """Until no other benchmark runs and the machine is nearly idle (< 25 % of a core over
-    2 s while we are idle). False when it did not get quiet within `limit_s`."""
+async def wait_quiet_machine(
+    log: Callable[[str], None], limit_s: float = 300.0, *, earlier_only: bool = False
+) -> bool:
+    """Until no other benchmark runs (`earlier_only`: none started before this one) and the
+    machine is nearly idle (< 25 % of a core over 2 s while we are idle). False when it did
+    not get quiet within `limit_s`."""
     deadline = time.monotonic() + limit_s
     announced = False
     while True:
-        await wait_for_other_benchmarks(log)
+        await wait_for_other_benchmarks(log, earlier_only=earlier_only)
         before = machine_busy()[0]
         await asyncio.sleep(2.0)
         busy = (machine_busy()[0] - before) / 2.0 * 100
@@ -322,3 +344,54 @@ async def pg_series_ids(
         keys,
     )
     return {(r["device"], r["key_id"]): r["id"] for r in rows}
+
+
+# --- shared by bench/csv_memory.py and bench/ota_download.py (server memory) -------------
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of `pid` every `every_s` seconds, (seconds since start, KiB), until stopped."""
+
+    def __init__(self, pid: int, every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.every_s = every_s
+        self.samples: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        while not self.stopped.is_set():
+            kib = rss_kib(self.pid)
+            if kib is not None:
+                self.samples.append((time.perf_counter() - t0, kib))
+            self.stopped.wait(self.every_s)
+
+
+def median_rss(pid: int, seconds: float) -> int:
+    """The median VmRSS (KiB) of `pid` over `seconds`, sampled every 50 ms."""
+    values = []
+    for _ in range(max(1, int(seconds / 0.05))):
+        kib = rss_kib(pid)
+        if kib is not None:
+            values.append(kib)
+        time.sleep(0.05)
+    return sorted(values)[len(values) // 2]
+
+
+async def server_env(workdir: Path, database: str, prefix: str) -> tuple[dict[str, str], str]:
+    """The environment of a fresh `sensorium serve` with its data in `workdir`: SQLite, or
+    a scratch PostgreSQL database named `<prefix>_<random>` (created here; returned so the
+    caller drops it, "" for SQLite)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENSORIUM_")}
+    env.update(
+        SENSORIUM_DATA_DIR=str(workdir / "data"),
+        SENSORIUM_MQTT_EMBEDDED_PORT=str(free_port()),
+        SENSORIUM_SECRET_KEY=secrets.token_urlsafe(48),
+    )
+    db = ""
+    if database == "postgresql":
+        db = f"{prefix}_{secrets.token_hex(4)}"
+        await pg_admin(f'CREATE DATABASE "{db}"')
+        env["SENSORIUM_DATABASE_URL"] = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
+    return env, db

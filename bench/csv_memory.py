@@ -38,13 +38,10 @@ import asyncio
 import http.client
 import json
 import math
-import os
-import secrets
 import shutil
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,11 +52,14 @@ import asyncpg
 import httpx
 from _common import (  # bench/ is on sys.path
     PG_DSN,
+    RssSampler,
     _cpu_seconds,
     free_port,
     machine_info,
+    median_rss,
     pg_admin,
     rss_kib,
+    server_env,
     start_server,
     stop_server,
     wait_idle_cpu,
@@ -134,23 +134,6 @@ async def load_postgresql(
     return loaded
 
 
-class RssSampler(threading.Thread):
-    def __init__(self, pid: int, every_s: float) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.every_s = every_s
-        self.samples: list[tuple[float, int]] = []
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        t0 = time.perf_counter()
-        while not self.stopped.is_set():
-            kib = rss_kib(self.pid)
-            if kib is not None:
-                self.samples.append((time.perf_counter() - t0, kib))
-            self.stopped.wait(self.every_s)
-
-
 def download(port: int, token: str, path: str) -> dict[str, Any]:
     """GET `path`, the body read in 1 MiB chunks and thrown away; bytes, lines, timings."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -180,30 +163,10 @@ def download(port: int, token: str, path: str) -> dict[str, Any]:
         conn.close()
 
 
-def median_rss(pid: int, seconds: float) -> int:
-    values = []
-    for _ in range(max(1, int(seconds / 0.05))):
-        kib = rss_kib(pid)
-        if kib is not None:
-            values.append(kib)
-        time.sleep(0.05)
-    return sorted(values)[len(values) // 2]
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     quiet_at_start = await wait_quiet_machine(log, args.quiet_limit)
     workdir = Path(tempfile.mkdtemp(prefix="sensorium-csv-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENSORIUM_")}
-    env.update(
-        SENSORIUM_DATA_DIR=str(workdir / "data"),
-        SENSORIUM_MQTT_EMBEDDED_PORT=str(free_port()),
-        SENSORIUM_SECRET_KEY=secrets.token_urlsafe(48),
-    )
-    db = ""
-    if args.database == "postgresql":
-        db = f"bench_csv_{secrets.token_hex(4)}"
-        await pg_admin(f'CREATE DATABASE "{db}"')
-        env["SENSORIUM_DATABASE_URL"] = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
+    env, db = await server_env(workdir, args.database, "bench_csv")
     keys = list(KEYS[: args.keys])
     seconds = args.points // len(keys)
     end_ms = (int(time.time()) - 5) * 1000
