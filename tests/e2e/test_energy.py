@@ -199,7 +199,12 @@ async def test_energy_page_shows_today_as_the_api_does(
     rows = page.locator("#breakdown-table tbody tr")
     await expect(rows).to_have_count(3)
     await expect(rows.last).to_contain_text("Unmetered")
-    await expect(rows.last).to_contain_text(fixed(api["unmetered_kwh"], 2))
+    # To display precision: the page's summary and this one are two requests, and at a
+    # value such as 5.845 (167 five-minute steps of 420 W) the last bit of the remainder can
+    # differ between them (the scheduler may have filled a cache in between), which moves
+    # the rounding. Failed once in a full run: 5.84 here, 5.85 on the page.
+    shown_unmetered = Decimal((await rows.last.locator("td").nth(1).inner_text()).replace(",", ""))
+    assert abs(shown_unmetered - Decimal(api["unmetered_kwh"])) <= Decimal("0.0050001")
     for chart in ("days-chart", "months-chart", "profile-chart"):
         await expect(page.locator(f"#{chart} canvas")).to_have_count(1)
 
