@@ -11,7 +11,7 @@ reconnects); `telemetry()` returns False when the server refused a document for 
 import socket
 import time
 
-from sensorium_fw import proto
+from sensorium_fw import http_head, proto
 
 
 class Refused(OSError):
@@ -273,24 +273,7 @@ class HttpLink:
 
 
 def _read_response(sock):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(512)
-        if not chunk:
-            raise OSError("http: connection closed before the headers")
-        data += chunk
-        if len(data) > 16384:
-            raise OSError("http: headers too large")
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise OSError("http: bad status line")
-    status = int(parts[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers, body = http_head.read(sock)
     if headers.get("transfer-encoding", "").lower() == "chunked":
         raise OSError("http: chunked answers are not supported")
     length = headers.get("content-length")

@@ -25,7 +25,7 @@ import time
 
 import sensorium_boot as loader
 
-from sensorium_fw import bundle, ed25519, proto, store
+from sensorium_fw import bundle, ed25519, http_head, proto, store
 from sensorium_fw.backoff import Backoff
 
 JOB_FILE = "ota/job.json"
@@ -66,28 +66,6 @@ def _text(raw):
         return raw[:200].decode()
     except UnicodeError:
         return "-"
-
-
-def _read_head(sock):
-    """(status, headers, the body bytes that came with the head)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(512)
-        if not chunk:
-            raise OSError("http: connection closed before the headers")
-        data += chunk
-        if len(data) > 8192:
-            raise OSError("http: headers too large")
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise OSError("http: bad status line")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers, rest
 
 
 class FileSink:
@@ -380,7 +358,7 @@ class Updater:
                 lines.append("Range: bytes=%d-" % offset)
                 lines.append('If-Range: "%s"' % job["sha256"])
             sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            status, headers, rest = _read_head(sock)
+            status, headers, rest = http_head.read(sock, 8192)
         except BaseException:
             sock.close()
             raise
