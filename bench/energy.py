@@ -34,8 +34,8 @@ One invocation is self-contained. It
    p99 of these runs. They must end before the server's own scheduler pass starts (60 s
    after start), so nothing else runs meanwhile;
 7. `--breakdown`: the warm summaries again in this process (statements, cProfile);
-8. drops the database (unless `--keep`; `--reuse DB` measures a kept one again: every
-   phase empties the caches it needs empty first).
+8. drops the database (unless `--keep`; `--reuse DB` migrates a kept one to the current
+   schema and measures it again: every phase empties the caches it needs empty first).
 
 The load average is recorded before every phase: other people's work on the machine
 shows there.
@@ -90,7 +90,7 @@ KEY = "power"
 FIRST_MAC = "A4CF12E00000"
 TZ = "Europe/Berlin"
 TARGET_MS = 100.0
-CACHE_TABLES = ("energy_hours", "energy_days")
+CACHE_TABLES = ("energy_hours", "energy_days", "energy_months")
 
 
 def log(message: str) -> None:
@@ -704,6 +704,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     keep = args.keep or bool(args.reuse)
     try:
         if args.reuse:
+            # A database kept by an older version of this script may lack newer tables.
+            await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "sensorium", "migrate"], env=env,
+                check=True, capture_output=True,
+            )  # fmt: skip
             ids, site, end_ms = await find_setup(args, target)
             log(f"reusing {db}: site {site}, {len(ids)} meters, newest reading {end_ms}")
         else:

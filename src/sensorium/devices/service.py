@@ -16,7 +16,7 @@ from sensorium.alerts import engine as alerts
 from sensorium.db import epoch_ms, utcnow
 from sensorium.devices.models import Device, DeviceCredential, DeviceLog, DeviceStatusEvent
 from sensorium.devices.schemas import DevicePublic, DeviceStatus
-from sensorium.energy.models import EnergyDay, EnergyHour
+from sensorium.energy.models import EnergyDay, EnergyHour, EnergyMonth
 from sensorium.errors import Conflict, Invalid, NotFound
 from sensorium.live.bus import Event, status_event
 from sensorium.protocol import (
@@ -197,6 +197,7 @@ async def delete_device(
     await session.execute(delete(Rollup).where(Rollup.device == num))
     await session.execute(delete(EnergyHour).where(EnergyHour.device == num))
     await session.execute(delete(EnergyDay).where(EnergyDay.device == num))
+    await session.execute(delete(EnergyMonth).where(EnergyMonth.device == num))
     await session.execute(delete(DeviceCredential).where(DeviceCredential.device_id == device.id))
     if broker is not None:
         await broker.device_deleted(session, device.id)

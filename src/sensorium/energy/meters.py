@@ -21,7 +21,8 @@ import struct
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -48,7 +49,7 @@ from sensorium.energy.integrate import (
     Stretch,
     estimate_interior,
 )
-from sensorium.energy.models import EnergyDay, EnergyHour
+from sensorium.energy.models import EnergyDay, EnergyHour, EnergyMonth
 from sensorium.protocol import mac_to_int
 from sensorium.telemetry.models import Point, Rollup, Series, TelemetryKey
 from sensorium.telemetry.series import of as series_of
@@ -82,9 +83,10 @@ class CacheEntries:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     days: list[dict[str, Any]] = field(default_factory=list)
+    months: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.days)
+        return bool(self.rows or self.days or self.months)
 
 
 async def _rows(session: AsyncSession, statement: Any, params: Any = None) -> Any:
@@ -190,14 +192,30 @@ async def meters_energy(
     sources = await _sources(session, devices, keys, start, end)
     active = [(d, keys[name]) for d in devices if (name := sources.get(d)) is not None]
     aligned = _aligned_days(template)
-    days = await _day_rows(session, active, aligned, max_gap_ms)
+    month_spans = _aligned_months(aligned)
+    months = await _month_rows(session, active, month_spans, max_gap_ms)
+    day_range = [(aligned[0], aligned[-1] + DAY_MS)] if aligned else []
+    day_spans = {
+        d: _spans(day_range, [(r.bucket, r.month_end) for r in months.get(d, [])])
+        for d, _k in active
+    }
+    days = await _day_rows(session, active, day_spans, max_gap_ms)
     wanted = set(aligned)
     covered = {
         d: [r for r in days.get(d, []) if r.hours is not None and r.bucket in wanted]
         for d, _k in active
     }
     first_hour = start - start % HOUR_MS
-    spans = {d: _spans(first_hour, end, [r.bucket for r in covered[d]]) for d, _k in active}
+    spans = {
+        d: _spans(
+            [(first_hour, end)],
+            sorted(
+                [(r.bucket, r.bucket + DAY_MS) for r in covered[d]]
+                + [(r.bucket, r.month_end) for r in months.get(d, [])]
+            ),
+        )
+        for d, _k in active
+    }
     hours, cached = await _hour_rows(session, active, spans)
     cut_points = await _cut_hour_points(session, active, hours, template)
     before = await _readings_before(session, active, start)
@@ -215,11 +233,14 @@ async def meters_energy(
         await _integrate(
             session, state, device, keys[source], hours.get(device, []),
             cached.get(device, {}), covered[device], cache, cut_points.get(device),
+            months.get(device, []),
         )  # fmt: skip
         state.finish(after.get(device), until)
         if cache is not None:
             _new_days(state, hours.get(device, []), days.get(device, []), aligned, device,
                       keys[source], cache)  # fmt: skip
+            _new_months(state.integrator, days.get(device, []), months.get(device, []),
+                        month_spans, device, keys[source], cache)  # fmt: skip
         out.append(MeterEnergy(device_id, source, slots, integrator.missing, integrator.estimated))
     return out
 
@@ -366,12 +387,92 @@ def _within(
     return or_(*branches)
 
 
-async def _day_rows(
-    session: AsyncSession, active: Sequence[tuple[int, int]], aligned: Sequence[int], gap: int
+def _groups(
+    active: Sequence[tuple[int, int]], spans: dict[int, list[tuple[int, int]]]
+) -> list[tuple[list[tuple[int, int]], list[tuple[int, int]]]]:
+    """The (device, key) pairs grouped by their spans: (pairs, spans) for `_within`."""
+    by_spans: dict[tuple[tuple[int, int], ...], list[tuple[int, int]]] = {}
+    for device, key_id in active:
+        if spans.get(device):
+            by_spans.setdefault(tuple(spans[device]), []).append((device, key_id))
+    return [(group, list(ranges)) for ranges, group in by_spans.items()]
+
+
+async def _month_rows(
+    session: AsyncSession,
+    active: Sequence[tuple[int, int]],
+    months: Sequence[tuple[int, int]],
+    gap: int,
 ) -> dict[int, list[Any]]:
-    """Per device, its day rollups over the aligned days, each with its `energy_days`
-    figures when they were computed from exactly these readings (else `hours` is None)."""
-    if not active or not aligned:
+    """Per device, its `energy_months` rows of these UTC months that still match the
+    aggregate of the month's day rollups (how many, their count and sum, min and max),
+    in time order. A month whose readings changed is not returned: it is read day by
+    day (and hour by hour where its days changed) and built again."""
+    if not active or not months:
+        return {}
+    m, r = EnergyMonth, Rollup
+    ranges: list[tuple[int, int]] = []
+    for a, b in months:
+        if ranges and ranges[-1][1] == a:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+    starts = {a for a, _b in months}
+    rows = await _rows(
+        session,
+        select(
+            m.device,
+            m.month.label("bucket"),
+            m.month_end,
+            m.first_ts,
+            m.first_value,
+            m.last_ts,
+            m.last_value,
+            m.hours,
+            cast(m.missing, String).label("missing"),
+            m.estimated,
+        )
+        .join(
+            r,
+            and_(
+                r.device == m.device,
+                r.key_id == m.key_id,
+                r.grain == DAY_MS,
+                r.bucket >= m.month,
+                r.bucket < m.month_end,
+            ),
+        )
+        .where(_within([(active, ranges)], m.device, m.key_id, m.month), m.max_gap_ms == gap)
+        .group_by(m.device, m.key_id, m.month)
+        .having(
+            and_(
+                func.count() == m.days,
+                func.sum(r.n) == m.n,
+                func.min(r.vmin) == m.vmin,
+                func.max(r.vmax) == m.vmax,
+                func.abs(func.sum(r.vsum) - m.vsum) <= 1e-12 * (func.abs(m.vsum) + 1.0),
+            )
+        )
+        .order_by(m.device, m.month),
+    )
+    out: dict[int, list[Any]] = {}
+    for row in rows:
+        if row.bucket in starts:
+            out.setdefault(row.device, []).append(row)
+    return out
+
+
+async def _day_rows(
+    session: AsyncSession,
+    active: Sequence[tuple[int, int]],
+    spans: dict[int, list[tuple[int, int]]],
+    gap: int,
+) -> dict[int, list[Any]]:
+    """Per device, its day rollups in its spans (aligned days outside its cached months),
+    each with its `energy_days` figures when they were computed from exactly these
+    readings (else `hours` is None)."""
+    groups = _groups(active, spans)
+    if not groups:
         return {}
     r, e = Rollup, EnergyDay
     valid = and_(
@@ -409,7 +510,7 @@ async def _day_rows(
         .outerjoin(e, valid)
         .where(
             r.grain == DAY_MS,
-            _within([(active, [(aligned[0], aligned[-1] + 1)])], r.device, r.key_id, r.bucket),
+            _within(groups, r.device, r.key_id, r.bucket),
         )
         .order_by(r.device, r.bucket),
     )
@@ -425,14 +526,9 @@ async def _hour_rows(
     spans: dict[int, list[tuple[int, int]]],
 ) -> tuple[dict[int, list[Any]], dict[int, dict[int, Any]]]:
     """Per device, its hour rollups in its spans (in time order) and its cached hours."""
-    by_spans: dict[tuple[tuple[int, int], ...], list[tuple[int, int]]] = {}
-    for device, key_id in active:
-        if spans[device]:
-            by_spans.setdefault(tuple(spans[device]), []).append((device, key_id))
-    if not by_spans:
+    groups = _groups(active, spans)
+    if not groups:
         return {}, {}
-
-    groups = [(group, ranges) for ranges, group in by_spans.items()]
 
     def where(device: Any, key_id: Any, bucket: Any) -> Any:
         return _within(groups, device, key_id, bucket)
@@ -576,16 +672,40 @@ def _aligned_days(slots: Slots) -> list[int]:
     return out
 
 
-def _spans(start: int, end: int, skip: Sequence[int]) -> list[tuple[int, int]]:
-    """[start, end) without the days in `skip` (sorted), as intervals."""
+def _aligned_months(aligned: Sequence[int]) -> list[tuple[int, int]]:
+    """The UTC months [start, end) whose every day is among the aligned days."""
+    have = set(aligned)
     out: list[tuple[int, int]] = []
-    at = start
-    for day in skip:
-        if day > at:
-            out.append((at, day))
-        at = max(at, day + DAY_MS)
-    if at < end:
-        out.append((at, end))
+    for day in aligned:
+        first, after = month_bounds(day)
+        if day == first and all(d in have for d in range(first, after, DAY_MS)):
+            out.append((first, after))
+    return out
+
+
+def month_bounds(ts: int) -> tuple[int, int]:
+    """The first instant of the UTC month holding `ts`, and of the next month."""
+    t = datetime.fromtimestamp(ts // 1000, UTC)
+    first = datetime(t.year, t.month, 1, tzinfo=UTC)
+    after = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
+    return int(first.timestamp()) * 1000, int(after.timestamp()) * 1000
+
+
+def _spans(
+    ranges: Sequence[tuple[int, int]], skip: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The sorted, disjoint `ranges` without the sorted, disjoint stretches in `skip`."""
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        at = start
+        for a, b in skip:
+            if b <= at or a >= end:
+                continue
+            if a > at:
+                out.append((at, a))
+            at = max(at, b)
+        if at < end:
+            out.append((at, end))
     return out
 
 
@@ -599,9 +719,10 @@ async def _integrate(
     covered: Sequence[Any],
     cache: CacheEntries | None,
     cut_points: list[tuple[int, float]] | None = None,
+    months: Sequence[Any] = (),
 ) -> None:
-    """Walk the meter's cached days and its hours in time order: cached hours as blocks,
-    the others from their raw points (or their rollups once those are gone).
+    """Walk the meter's cached months and days and its hours in time order: cached hours
+    as blocks, the others from their raw points (or their rollups once those are gone).
     `cut_points`: the raw points of all its hours cut by a slot edge, when already read."""
     slots, max_gap = state.integrator.slots, state.integrator.max_gap_ms
 
@@ -612,17 +733,24 @@ async def _integrate(
         e = cached.get(r.bucket)
         return whole(r) and e is not None and _matches(e, r, max_gap)
 
-    # (start, is a day, row): a day and the hours outside it never share a start.
+    # (start, 0 an hour / 1 a day / 2 a month, row): a month, the days outside it and the
+    # hours outside those never share a start.
     items = sorted(
-        [(h.bucket, False, h) for h in hours] + [(d.bucket, True, d) for d in covered],
+        [(h.bucket, 0, h) for h in hours]
+        + [(d.bucket, 1, d) for d in covered]
+        + [(m.bucket, 2, m) for m in months],
         key=lambda item: item[0],
     )
     i = 0
     while i < len(items):
-        at, is_day, it = items[i]
-        if is_day:
+        at, kind_of, it = items[i]
+        if kind_of == 2:
+            state.days([it])
+            i += 1
+            continue
+        if kind_of == 1:
             j = i + 1  # the run of consecutive cached days from here
-            while j < len(items) and items[j][1] and items[j][0] == at + (j - i) * DAY_MS:
+            while j < len(items) and items[j][1] == 1 and items[j][0] == at + (j - i) * DAY_MS:
                 j += 1
             state.days([day for _a, _d, day in items[i:j]])
             i = j
@@ -646,7 +774,7 @@ async def _integrate(
         j, kind = i, whole(it)
         while (
             j < len(items)
-            and not items[j][1]
+            and items[j][1] == 0
             and not known(items[j][2])
             and whole(items[j][2]) == kind
         ):
@@ -818,6 +946,93 @@ def _new_days(
         )
 
 
+class _DayRecord(NamedTuple):
+    """A day as `_Walk.days` reads it: its hours and first and last reading."""
+
+    bucket: int
+    hours: bytes
+    first_ts: int
+    first_value: float
+    last_ts: int
+    last_value: float
+    missing: str  # JSON text
+    estimated: bool
+
+
+def _new_months(
+    integrator: Integrator,
+    days: Sequence[Any],
+    months: Sequence[Any],
+    spans: Sequence[tuple[int, int]],
+    device: int,
+    key_id: int,
+    cache: CacheEntries,
+) -> None:
+    """UTC months the slots cover day by day that have no valid `energy_months` row yet,
+    whose every day with readings is in `energy_days` (or was built by this walk): their
+    hourly figures, added up from those days exactly as the day-by-day walk adds them, to
+    store in `energy_months`. `days`: the meter's day rollups with their cached days."""
+    have = {m.bucket for m in months}
+    built = {d["day"]: d for d in cache.days if d["device"] == device and d["key_id"] == key_id}
+    for first, after in spans:
+        if first in have:
+            continue
+        rollups = [r for r in days if first <= r.bucket < after]
+        records: list[_DayRecord] = []
+        for r in rollups:
+            if r.hours is not None:
+                hours, missing, estimated = r.hours, r.missing, bool(r.estimated)
+            elif (new := built.get(r.bucket)) is not None:
+                hours, missing = new["hours"], json.dumps(new["missing"])
+                estimated = bool(new["estimated"])
+            else:
+                break  # a day not known yet: the month waits for it
+            records.append(
+                _DayRecord(r.bucket, hours, r.first_ts, r.first_value, r.last_ts,
+                           r.last_value, missing, estimated)
+            )  # fmt: skip
+        if not records or len(records) != len(rollups):
+            continue
+        walk = _Walk(
+            Integrator(
+                Slots.over(range(first, after + 1, HOUR_MS)),
+                counter=integrator.counter,
+                max_gap_ms=integrator.max_gap_ms,
+            ),
+            None,
+            records[0].first_ts,
+        )
+        run = [records[0]]
+        for record in records[1:]:
+            if record.bucket != run[-1].bucket + DAY_MS:
+                walk.days(run)
+                run = []
+            run.append(record)
+        walk.days(run)
+        wh = walk.integrator.slots.wh
+        cache.months.append(
+            {
+                "device": device,
+                "key_id": key_id,
+                "month": first,
+                "month_end": after,
+                "max_gap_ms": integrator.max_gap_ms,
+                "days": len(rollups),
+                "n": sum(int(r.n) for r in rollups),
+                "vsum": sum(float(r.vsum) for r in rollups),
+                "vmin": min(float(r.vmin) for r in rollups),
+                "vmax": max(float(r.vmax) for r in rollups),
+                "first_ts": records[0].first_ts,
+                "first_value": records[0].first_value,
+                "last_ts": records[-1].last_ts,
+                "last_value": records[-1].last_value,
+                "hours": struct.pack(f"<{len(wh)}d", *wh),
+                "missing": [list(m) for m in walk.integrator.missing],
+                "estimated": walk.integrator.estimated,
+            }
+        )
+
+
 def _between(
     integrator: Integrator, points: Sequence[tuple[int, float]]
 ) -> tuple[float, list[Stretch]]:
@@ -876,13 +1091,14 @@ class _Walk:
             self.blocks[hour] = (first, last, wh, missing, estimated, n)
 
     def days(self, entries: Sequence[Any]) -> None:
-        """Consecutive whole UTC days from `energy_days` (with their rollups' first and
-        last readings; `missing` as JSON text): each day's slots are its 24 hours, so the
-        days' slots follow one another and their hours are added in one go."""
+        """Consecutive whole UTC days from `energy_days`, or a month from `energy_months`
+        (with their first and last readings; `missing` as JSON text): each one's slots are
+        its hours, so their slots follow one another and their hours are added in one go."""
         integrator = self.integrator
         wh = integrator.slots.wh
-        i, n = integrator.slots.index(entries[0].bucket), 24 * len(entries)
-        hours = struct.unpack(f"<{n}d", b"".join(entry.hours for entry in entries))
+        packed = b"".join(entry.hours for entry in entries)
+        i, n = integrator.slots.index(entries[0].bucket), len(packed) // 8
+        hours = struct.unpack(f"<{n}d", packed)
         wh[i : i + n] = map(operator.add, wh[i : i + n], hours)
         for entry in entries:
             self.to(entry.first_ts, entry.first_value)
@@ -970,6 +1186,7 @@ async def save_cache(session: AsyncSession, entries: CacheEntries) -> None:
     for model, key, rows in (
         (EnergyHour, "hour", entries.rows),
         (EnergyDay, "day", entries.days),
+        (EnergyMonth, "month", entries.months),
     ):
         if not rows:
             continue

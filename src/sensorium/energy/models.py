@@ -134,3 +134,40 @@ class EnergyDay(Base):
     hours: Mapped[bytes] = mapped_column(LargeBinary)
     missing: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EnergyMonth(Base):
+    """The energy of one UTC month of one device's `power` or `energy` key, per UTC hour:
+    its days from `energy_days` and the stretches between its own readings across their
+    midnights, exactly as the day-by-day path adds them up (what lies between the month's
+    first reading and the reading before it belongs to whoever reads the month next to
+    it).
+
+    Built once every day of the month with readings is in `energy_days`, and kept with
+    the aggregate of the month's day rollups (how many days, the count and sum, min and
+    max): when that no longer matches (a late, re-sent or deleted reading), the month is
+    read day by day again. A year of a meter is 12 rows, not 365."""
+
+    __tablename__ = "energy_months"
+
+    device: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # The first instant of the UTC month and of the next one (epoch ms).
+    month: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    month_end: Mapped[int] = mapped_column(BigInteger)
+    max_gap_ms: Mapped[int] = mapped_column(BigInteger)
+    # The aggregate of the month's day rollups when the row was built.
+    days: Mapped[int] = mapped_column(Integer)
+    n: Mapped[int] = mapped_column(BigInteger)
+    vsum: Mapped[float] = mapped_column(Float)
+    vmin: Mapped[float] = mapped_column(Float)
+    vmax: Mapped[float] = mapped_column(Float)
+    # The month's first and last reading (its first and last day rollup's).
+    first_ts: Mapped[int] = mapped_column(BigInteger)
+    first_value: Mapped[float] = mapped_column(Float)
+    last_ts: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float] = mapped_column(Float)
+    # One little-endian float64 per UTC hour of the month: its Wh.
+    hours: Mapped[bytes] = mapped_column(LargeBinary)
+    missing: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)

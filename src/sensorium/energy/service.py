@@ -31,6 +31,7 @@ from sensorium.energy.meters import (
     MeterEnergy,
     key_ids,
     meters_energy,
+    month_bounds,
     save_cache,
 )
 from sensorium.energy.models import MAINS, SUB, Site, SiteMeter, Tariff
@@ -776,13 +777,12 @@ async def series(
     }
 
 
-async def precompute(
-    sessions: Any, *, now_ms: int | None = None, days: int = 400, chunk_days: int = 31
-) -> int:
-    """Fill `energy_hours` and `energy_days` for every site's meters over the last `days`
-    complete UTC days, a chunk at a time, so no summary has to read raw points for them.
-    Meant for the scheduler (hourly: only new or changed hours and days cost anything).
-    `sessions` is an async_sessionmaker. Returns how many hours and days it stored."""
+async def precompute(sessions: Any, *, now_ms: int | None = None, days: int = 400) -> int:
+    """Fill `energy_hours`, `energy_days` and `energy_months` for every site's meters over
+    the last `days` complete UTC days, a UTC month at a time (a complete month's row is
+    built from its days in the same walk), so no summary has to read raw points for them.
+    Meant for the scheduler (hourly: only new or changed hours, days and months cost
+    anything). `sessions` is an async_sessionmaker. Returns how many rows it stored."""
     now_ms = now_ms if now_ms is not None else epoch_ms()
     end = now_ms - now_ms % 86_400_000
     stored = 0
@@ -794,7 +794,7 @@ async def precompute(
             continue
         chunk_end = end
         while chunk_end > end - days * 86_400_000:
-            chunk_start = max(chunk_end - chunk_days * 86_400_000, end - days * 86_400_000)
+            chunk_start = max(month_bounds(chunk_end - 1)[0], end - days * 86_400_000)
             cache = CacheEntries()
             async with sessions() as session:
                 await meters_energy(
@@ -808,6 +808,6 @@ async def precompute(
             if cache:
                 async with sessions() as session, session.begin():
                     await save_cache(session, cache)
-                stored += len(cache.rows) + len(cache.days)
+                stored += len(cache.rows) + len(cache.days) + len(cache.months)
             chunk_end = chunk_start
     return stored
