@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import itertools
 import random
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import delete
 
-from sensorium.energy import meters, tariffs
+from sensorium.energy import meters, service, tariffs
 from sensorium.energy.integrate import Integrator, Slots, estimate_interior
 from sensorium.telemetry.models import Point
 from tests.energy.conftest import HOUR, MINUTE, constant, get, ms, readings, store
@@ -160,3 +161,24 @@ async def test_figures_survive_the_raw_points_retention(api: Api) -> None:
     other = await get(api, url, owner.headers, device=unseen.id, **params)
     assert other["current"]["estimated"] is True
     assert other["current"]["kwh"] == pytest.approx(20.0, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "zone", ["Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Chatham", "UTC"]
+)
+def test_local_minutes_and_prices_per_minute_agree_with_datetimes(zone: str) -> None:
+    # Hourly cuts over DST changes (Lord Howe moves by 30 minutes, Chatham lives at :45),
+    # plus instants at odd seconds just around them.
+    tz = ZoneInfo(zone)
+    rng = random.Random(zone)
+    start = ms("2026-01-01T00:00:00+00:00")
+    instants = list(range(start, start + 366 * 24 * HOUR, HOUR))
+    instants += [t + rng.choice([-1, 0, 1]) * rng.randrange(1, HOUR) for t in instants[::97]]
+    table = tariffs.PriceTable(
+        0.3, [window("23:00", "07:00", price=0.1), window("12:15", "13:45", "weekend", 0.2)]
+    )
+    for t, minute in zip(instants, service.local_minutes(instants, tz), strict=True):
+        at = datetime.fromtimestamp(t / 1000, UTC).astimezone(tz)
+        assert minute // 1440 == (at.date() - datetime(1970, 1, 1).date()).days
+        assert minute % 1440 == at.hour * 60 + at.minute
+        assert table.at_minute(minute) == table.at(at)

@@ -57,9 +57,17 @@ class Slots:
         n = len(cuts) - 1
         if not parts:
             return cls(cuts, [0.0] * n, [0] * n)
-        wh: list[float] = list(map(sum, zip(*(p.wh for p in parts), strict=True)))
+        if any(len(p.wh) != n for p in parts):
+            raise ValueError("slots of different lengths")
+        # Part by part, slot-wise (C loops; the same additions in the same order as
+        # summing each slot's parts).
+        wh: list[float] = [0.0] * n
+        for p in parts:
+            wh = list(map(operator.add, wh, p.wh))
         gaps: list[list[int]] = [p.missing_ms for p in parts if any(p.missing_ms)] or [[0] * n]
-        missing = list(map(max, *gaps)) if len(gaps) > 1 else list(gaps[0])
+        missing = list(gaps[0])
+        for g in gaps[1:]:
+            missing = list(map(max, missing, g))
         return cls(cuts, wh, missing)
 
     def merged(self, other: Slots, sign: float = 1.0) -> Slots:

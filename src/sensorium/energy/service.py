@@ -10,7 +10,6 @@ import functools
 import operator
 import statistics
 from bisect import bisect_right
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -29,6 +28,7 @@ from sensorium.energy.meters import (
     POWER_KEY,
     CacheEntries,
     MeterEnergy,
+    custom_plans,
     key_ids,
     meters_energy,
     month_bounds,
@@ -294,6 +294,20 @@ def local(ms: int, tz: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz)
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def offset_ms(ms: int, tz: ZoneInfo) -> int:
+    """The zone's offset from UTC at an instant, in ms (remembered like `local`)."""
+    offset = local(ms, tz).utcoffset()
+    return int(offset.total_seconds() * 1000) if offset else 0
+
+
+def local_minutes(instants: Sequence[int], tz: ZoneInfo) -> list[int]:
+    """Each instant's local wall-clock time as whole minutes since 1970-01-01 00:00 local
+    time: its local date, hour and minute without a datetime per instant (a year's
+    summary has 8,800 hourly slots). m // 1440 is the local day, m // 60 % 24 the hour."""
+    return [(t + offset_ms(t, tz)) // MINUTE_MS for t in instants]
+
+
 def local_ms(day: date, tz: ZoneInfo, at: datetime | None = None) -> int:
     t = at.time() if at is not None else datetime.min.time()
     return int(datetime.combine(day, t, tzinfo=tz).timestamp() * 1000)
@@ -320,8 +334,7 @@ def make_cuts(
     cuts.update(range(first + HOUR_MS, end, HOUR_MS))
     if local_hours:
         for hour in range(first, end, HOUR_MS):
-            offset = local(hour, tz).utcoffset()
-            shift = -int(offset.total_seconds() * 1000) % HOUR_MS if offset else 0
+            shift = -offset_ms(hour, tz) % HOUR_MS
             if shift and start < hour + shift < end:
                 cuts.add(hour + shift)
     if prices is not None:
@@ -359,7 +372,8 @@ async def scope_energy(
     meters = list(zip(scope.meters, energies, strict=True))
     mains = [e for (_d, _n, role), e in meters if role == MAINS]
     subs = [e for (_d, _n, role), e in meters if role != MAINS]
-    sub_total = Slots.sum_of(Slots.over(cuts).cuts, [e.slots for e in subs])
+    template = energies[0].slots.cuts if energies else Slots.over(cuts).cuts
+    sub_total = Slots.sum_of(template, [e.slots for e in subs])
     if mains:
         total, unmetered, counted = mains[0].slots, mains[0].slots.merged(sub_total, -1.0), mains
     else:
@@ -383,13 +397,21 @@ def _union(stretches: Any) -> list[Stretch]:
     return out
 
 
-def slot_prices(slots: Slots, prices: tariffs.PriceTable | None, tz: ZoneInfo) -> list[float]:
-    """The price per kWh of each slot (one price per slot: price changes are slot edges)."""
+def slot_prices(
+    slots: Slots,
+    prices: tariffs.PriceTable | None,
+    tz: ZoneInfo,
+    minutes: Sequence[int] | None = None,
+) -> list[float]:
+    """The price per kWh of each slot (one price per slot: price changes are slot edges).
+    `minutes`: local_minutes of the slots' cuts, when known."""
     if prices is None:
         return [0.0] * len(slots.wh)
     if not prices.windows:
         return [prices.flat] * len(slots.wh)
-    return [prices.at(local(c, tz)) for c in slots.cuts[:-1]]
+    if minutes is None:
+        minutes = local_minutes(slots.cuts, tz)
+    return list(map(prices.at_minute, minutes[: len(slots.wh)]))
 
 
 def local_days(start: int, end: int, tz: ZoneInfo) -> list[date]:
@@ -474,36 +496,51 @@ def period_bounds(period: str, at_ms: int, tz: ZoneInfo) -> tuple[int, int, int]
     return start_ms, prev_ms, max(prev_ms, min(same_ms, start_ms))
 
 
-def base_load_w(slots: Slots, tz: ZoneInfo, until: int) -> float | None:
+def base_load_w(
+    slots: Slots, tz: ZoneInfo, until: int, minutes: Sequence[int] | None = None
+) -> float | None:
     """The typical night minimum: per local night, the lowest average power of a complete
-    slot of at least half an hour between 00:00 and 06:00; the median over nights."""
-    lowest: dict[date, float] = {}
+    slot of at least half an hour between 00:00 and 06:00; the median over nights.
+    `minutes`: local_minutes of the slots' cuts, when known."""
+    if minutes is None:
+        minutes = local_minutes(slots.cuts, tz)
+    cuts, missing = slots.cuts, slots.missing_ms
+    lowest: dict[int, float] = {}  # local day -> W
+    night = NIGHT_HOURS.stop * 60  # the first local minute of the day past the night
     for i, wh in enumerate(slots.wh):
-        a, b = slots.cuts[i], slots.cuts[i + 1]
-        if b - a < HOUR_MS // 2 or b > until or slots.missing_ms[i]:
+        minute = minutes[i] % 1440
+        if minute >= night:
             continue
-        start = local(a, tz)
-        if start.hour not in NIGHT_HOURS or local(b - 1, tz).hour not in NIGHT_HOURS:
+        a, b = cuts[i], cuts[i + 1]
+        if b - a < HOUR_MS // 2 or b > until or missing[i]:
+            continue
+        if (b - 1 + offset_ms(b - 1, tz)) // MINUTE_MS % 1440 >= night:
             continue
         watts = wh * HOUR_MS / (b - a)
-        day = start.date()
+        day = minutes[i] // 1440
         lowest[day] = min(lowest.get(day, watts), watts)
     return statistics.median(lowest.values()) if lowest else None
 
 
-def hourly_profile(slots: Slots, tz: ZoneInfo, until: int) -> list[float | None]:
-    """Average kWh in each local hour of the day (0-23), over the days it occurred."""
-    per_hour: dict[tuple[date, int], float] = defaultdict(float)
-    for i, wh in enumerate(slots.wh):
-        a = slots.cuts[i]
+def hourly_profile(
+    slots: Slots, tz: ZoneInfo, until: int, minutes: Sequence[int] | None = None
+) -> list[float | None]:
+    """Average kWh in each local hour of the day (0-23), over the days it occurred.
+    `minutes`: local_minutes of the slots' cuts, when known."""
+    if minutes is None:
+        minutes = local_minutes(slots.cuts, tz)
+    per_hour: dict[int, float] = {}  # local hours since 1970 -> Wh
+    get = per_hour.get
+    n = len(slots.wh)
+    for a, minute, wh in zip(slots.cuts[:n], minutes[:n], slots.wh, strict=True):
         if a >= until:
             break
-        t = local(a, tz)
-        per_hour[(t.date(), t.hour)] += wh
+        hour = minute // 60
+        per_hour[hour] = get(hour, 0.0) + wh
     sums, counts = [0.0] * 24, [0] * 24
-    for (_day, hour), wh in per_hour.items():
-        sums[hour] += wh / 1000.0
-        counts[hour] += 1
+    for hour, wh in per_hour.items():
+        sums[hour % 24] += wh / 1000.0
+        counts[hour % 24] += 1
     return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
 
 
@@ -513,6 +550,7 @@ async def peak_power(
     """The highest power reading in [start, end) and when: whole hours from their
     rollups, the partial hours at the ends from the raw points; the time is then found
     in that hour's raw points (or its minute rollups once they are gone)."""
+    await custom_plans(session)
     keys = await key_ids(session)
     if POWER_KEY not in keys or end <= start:
         return None
@@ -629,7 +667,8 @@ async def summary(
     prev_cuts = make_cuts(prev_start, max(prev_at, prev_start + 1), tz, prices=prices)
     current = await scope_energy(session, scope=scope, cuts=cur_cuts, now_ms=now_ms, cache=cache)
     previous = await scope_energy(session, scope=scope, cuts=prev_cuts, now_ms=now_ms, cache=cache)
-    per_slot = slot_prices(current.total, prices, tz)
+    minutes = local_minutes(current.total.cuts, tz)
+    per_slot = slot_prices(current.total, prices, tz, minutes)
     cur_fig = figures(current, scope, tz, prices, per_slot)
     prev_fig = figures(previous, scope, tz, prices)
     until = min(at_ms, now_ms) - scope.max_gap_ms
@@ -673,8 +712,8 @@ async def summary(
         "previous": prev_fig,
         "change_pct": change,
         "peak": peak,
-        "base_load_w": base_load_w(current.total, tz, until),
-        "hourly_profile": hourly_profile(current.total, tz, min(at_ms, now_ms)),
+        "base_load_w": base_load_w(current.total, tz, until, minutes),
+        "hourly_profile": hourly_profile(current.total, tz, min(at_ms, now_ms), minutes),
         "meters": meters,
         "unmetered_kwh": unmetered.total() / 1000.0 if unmetered else None,
         "unmetered_cost": _slot_cost(unmetered, per_slot) if unmetered and prices else None,

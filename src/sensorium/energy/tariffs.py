@@ -7,6 +7,7 @@ local wall-clock minutes, so a window follows the site's time zone across DST ch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -74,21 +75,34 @@ class PriceTable:
     def at(self, local: datetime) -> float:
         return self._by_minute[local.weekday() * DAY_MIN + local.hour * 60 + local.minute]
 
+    def at_minute(self, minute: int) -> float:
+        """The price at a local wall-clock minute counted from 1970-01-01 00:00 (a
+        Thursday: its minute of the week is 3 days in)."""
+        return self._by_minute[(minute + 3 * DAY_MIN) % WEEK_MIN]
+
     def changes(self, start_ms: int, end_ms: int, tz: ZoneInfo) -> list[int]:
         """The instants in (start_ms, end_ms) where a window begins or ends: the points where
         the price may change, so a stretch between two of them has one price."""
         if not self.windows:
             return []
-        edges = sorted({w.start_min for w in self.windows} | {w.end_min for w in self.windows})
+        edges = tuple(
+            sorted({w.start_min for w in self.windows} | {w.end_min for w in self.windows})
+        )
         first = datetime.fromtimestamp(start_ms / 1000, tz).date() - timedelta(days=1)
         last = datetime.fromtimestamp(end_ms / 1000, tz).date()
         out: list[int] = []
         day: date = first
         while day <= last:
-            for minute in edges:
-                local = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=tz)
-                at = int(local.timestamp() * 1000)
-                if start_ms < at < end_ms:
-                    out.append(at)
+            out += (at for at in _instants(day, edges, tz) if start_ms < at < end_ms)
             day += timedelta(days=1)
         return out
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _instants(day: date, minutes: tuple[int, ...], tz: ZoneInfo) -> tuple[int, ...]:
+    """The instants (epoch ms) of these local wall-clock minutes on `day` (remembered: a
+    year's summary asks for two years of days)."""
+    return tuple(
+        int(datetime(day.year, day.month, day.day, m // 60, m % 60, tzinfo=tz).timestamp() * 1000)
+        for m in minutes
+    )
