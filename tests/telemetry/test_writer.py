@@ -97,6 +97,44 @@ async def test_a_failing_document_does_not_take_others_down(env: Any) -> None:
     assert devices == {mac_to_int("020000000000"), mac_to_int("020000000002")}
 
 
+async def test_enqueued_documents_are_answered_once_through_their_callbacks(env: Any) -> None:
+    """MQTT ingest's way in: a callback per document instead of a future, called once with
+    the count or the error, next to documents with futures, a failure isolated the same."""
+    writer = BatchWriter(env, offline_after_s=60)
+    original = writer._store
+
+    async def poisoned(session: Any, points: dict[Any, float], owners: dict[Any, Any]) -> None:
+        if any(owners[key[0]][0] == mac_to_int("020000000001") for key in points):
+            raise RuntimeError("disk on fire")
+        await original(session, points, owners)
+
+    writer._store = poisoned  # type: ignore[method-assign]
+    outcomes: dict[str, list[int | BaseException]] = {}
+
+    def record(name: str) -> Any:
+        return lambda result: outcomes.setdefault(name, []).append(result)
+
+    def raising(_result: int | BaseException) -> None:
+        raise ValueError("a broken callback")
+
+    await writer.start()
+    writer.enqueue("020000000000", readings(4), record("good"))
+    writer.enqueue("020000000001", readings(4), record("bad"))
+    future = writer.submit("020000000002", readings(3))
+    writer.enqueue("0200000000ff", readings(2), record("unknown"))
+    writer.enqueue("020000000002", readings(2, key="h"), raising)  # the writer goes on
+    writer.enqueue("020000000000", readings(1, key="h"), record("after"))
+    assert await future == 3
+    await writer.stop()
+    assert outcomes["good"] == [4]
+    assert outcomes["after"] == [1]
+    [bad] = outcomes["bad"]
+    assert isinstance(bad, RuntimeError)
+    [unknown] = outcomes["unknown"]
+    assert isinstance(unknown, NotFound)
+    assert await count(env, Point) == 4 + 3 + 2 + 1
+
+
 async def test_readings_of_a_deleted_device_are_dropped(env: Any) -> None:
     writer = BatchWriter(env, offline_after_s=60)
     await writer.start()

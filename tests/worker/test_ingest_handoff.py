@@ -1,69 +1,121 @@
-"""paho's thread hands messages to the event loop in bursts: every message arrives, in order,
-with far fewer wake-ups than messages, and none is stranded by a wake-up race."""
+"""The messages of each read are handled at once while the writer has room; when it is
+full the rest wait, in order, and are handled as room comes; acks go out in arrival order
+only after their writes; nothing is taken once the worker is stopping."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import paho.mqtt.client as mqtt
+import orjson
 
 from sensorium.broker.endpoint import MqttEndpoint
+from sensorium.protocol import Reading
 from sensorium.worker.ingest import MqttIngest
+from sensorium.worker.paho_loop import Message
+
+DEVICE = "02000000000a"
 
 
-def _ingest() -> MqttIngest:
-    return MqttIngest(
+class FakeWriter:
+    """Holds at most `room` documents until `commit()`."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.jobs: list[tuple[str, Sequence[Reading], Callable[[int | BaseException], None]]] = []
+        self._freed = asyncio.Event()
+
+    def full(self) -> bool:
+        return len(self.jobs) >= self.room
+
+    async def wait_for_room(self) -> None:
+        while self.full():
+            self._freed.clear()
+            await self._freed.wait()
+
+    def enqueue(
+        self,
+        device_id: str,
+        readings: Sequence[Reading],
+        done: Callable[[int | BaseException], None],
+    ) -> None:
+        self.jobs.append((device_id, readings, done))
+
+    def commit(self) -> list[float]:
+        values = [r.value for _d, readings, _f in self.jobs for r in readings]
+        jobs, self.jobs = self.jobs, []
+        for _d, readings, done in jobs:
+            done(len(readings))
+        self._freed.set()
+        return values
+
+
+def _message(mid: int) -> Message:
+    payload = orjson.dumps({"ts": 1_700_000_000_000 + mid, "values": {"t": float(mid)}})
+    return Message(f"devices/{DEVICE}/telemetry", payload, mid, 1, False)
+
+
+async def test_a_full_writer_holds_the_rest_in_order_and_acks_follow_the_commits() -> None:
+    writer = FakeWriter(room=10)
+    ingest = MqttIngest(
         MqttEndpoint("127.0.0.1", 1, "worker", "x"),
         client_id="test",
-        writer=None,  # type: ignore[arg-type]  # not reached: nothing is consumed here
+        writer=writer,  # type: ignore[arg-type]
         sessions=None,  # type: ignore[arg-type]
-        retention_days=1,
+        retention_days=100_000,
         offline_after_s=60,
         session_expiry_s=60,
     )
+    acked: list[int] = []
+    ingest._acks._send = lambda mid, _qos, _gen: acked.append(mid)
+    ingest._consumer = asyncio.create_task(ingest._drain_held())
+    stored: list[float] = []
+
+    ingest._received([_message(mid) for mid in range(1, 26)])
+    # Ten taken at once, fifteen held; none acknowledged before its write commits.
+    assert len(writer.jobs) == 10
+    assert len(ingest._held) == 15
+    assert acked == []
+    ingest._received([_message(mid) for mid in range(26, 31)])  # behind the held ones
+    assert len(ingest._held) == 20
+    while len(stored) < 30:
+        stored += writer.commit()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert stored == [float(mid) for mid in range(1, 31)]
+    assert acked == list(range(1, 31))
+    assert not ingest._held
+
+    ingest._closing = True
+    ingest._wake.set()
+    await asyncio.wait_for(ingest._consumer, 1)
+    ingest._received([_message(31)])
+    assert writer.jobs == []
+    assert not ingest._held
+    assert len(ingest._acks) == 0
 
 
-async def test_every_message_arrives_in_order_with_a_wake_up_per_burst() -> None:
-    ingest = _ingest()
-    loop = asyncio.get_running_loop()
-    ingest._loop = loop
-    wakeups = 0
-    original = ingest._take_arrived
+async def test_acks_of_a_closed_connection_are_never_sent() -> None:
+    writer = FakeWriter(room=100)
+    ingest = MqttIngest(
+        MqttEndpoint("127.0.0.1", 1, "worker", "x"),
+        client_id="test",
+        writer=writer,  # type: ignore[arg-type]
+        sessions=None,  # type: ignore[arg-type]
+        retention_days=100_000,
+        offline_after_s=60,
+        session_expiry_s=60,
+    )
+    sent: list[int] = []
 
-    def counting() -> None:
-        nonlocal wakeups
-        wakeups += 1
-        original()
+    class Driver:
+        def ack(self, mid: int) -> None:
+            sent.append(mid)
 
-    ingest._take_arrived = counting  # type: ignore[method-assign]
-    total = 20_000
-
-    def network_thread() -> None:
-        # Bursts of varying size with pauses between them, the loop draining meanwhile: a
-        # message appended while the loop takes the others must still get a wake-up.
-        for i in range(total):
-            ingest._on_message(None, None, mqtt.MQTTMessage(mid=i % 65535 + 1))  # type: ignore[arg-type]
-            if i % 97 == 0:
-                time.sleep(0.0005)
-
-    thread = threading.Thread(target=network_thread)
-    thread.start()
-    received: list[int] = []
-    deadline = loop.time() + 30
-    while len(received) < total and loop.time() < deadline:
-        try:
-            item: Any = await asyncio.wait_for(ingest._inbox.get(), 5)
-        except TimeoutError:
-            break
-        _generation, message = item
-        received.append(message.mid)
-        if len(received) % 500 == 0:
-            await asyncio.sleep(0.001)  # the loop busy elsewhere while paho keeps going
-    thread.join()
-    assert received == [i % 65535 + 1 for i in range(total)]
-    assert not ingest._arrived
-    assert ingest._inbox.empty()
-    assert 0 < wakeups < total / 5
+    ingest._driver = Driver()  # type: ignore[assignment]
+    ingest._received([_message(1), _message(2)])
+    ingest._connection_closed()  # before the commit
+    ingest._received([_message(1)])  # the broker redelivers, reusing the id
+    writer.commit()
+    await asyncio.sleep(0)
+    assert sent == [1]  # the redelivered one's, once

@@ -64,7 +64,10 @@ def is_data_error(exc: BaseException) -> bool:
 class _Job:
     device_id: str
     readings: Sequence[Reading]
-    future: asyncio.Future[int] = field(repr=False)
+    future: asyncio.Future[int] | None = field(default=None, repr=False)
+    # Called with the reading count or the error instead of resolving a future (MQTT
+    # ingest: a future and its done-callback per message cost more than the write).
+    done: Callable[[int | BaseException], None] | None = field(default=None, repr=False)
 
 
 # (series id, ts in ms)
@@ -153,6 +156,21 @@ class BatchWriter:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
         return future
 
+    def enqueue(
+        self,
+        device_id: str,
+        readings: Sequence[Reading],
+        done: Callable[[int | BaseException], None],
+    ) -> None:
+        """Queue one document; `done` is called, once, with its reading count once committed
+        or with the error that refused it (in the writer's task, before the next batch)."""
+        if self._task is None or self._task.done():
+            raise WriterOverloaded("the writer is not running")
+        try:
+            self._queue.put_nowait(_Job(device_id, readings, None, done))
+        except asyncio.QueueFull:
+            raise WriterOverloaded("ingest queue is full; retry shortly") from None
+
     def full(self) -> bool:
         return self._queue.full()
 
@@ -233,8 +251,7 @@ class BatchWriter:
             self._on_alerts()
         for job in jobs:
             if job.device_id in stored:
-                if not job.future.done():
-                    job.future.set_result(len(job.readings))
+                _resolve(job, len(job.readings))
                 if self._bus is not None:
                     self._bus.publish(telemetry_event(job.device_id, job.readings, now_ms=now_ms))
             else:
@@ -284,29 +301,11 @@ class BatchWriter:
         now_ms = epoch_ms()
         async with self._factory() as session, session.begin():
             # Touching the device rows first also locks them against a concurrent delete.
-            came_online = await session.execute(
-                update(Device)
-                .where(Device.id.in_(device_ids), Device.status != "online")
-                .values(status="online")
-                .returning(Device.id)
-            )
-            online_now = list(came_online.scalars())
+            online_now, result = await self._touch_devices(session, device_ids, now_ms)
             for device_id in online_now:
                 session.add(
                     DeviceStatusEvent(device_id=device_id, ts=now_ms, online=True, reason="data")
                 )
-            window_s = func.coalesce(Device.interval_s * OFFLINE_INTERVALS, self._offline_after_s)
-            result = await session.execute(
-                update(Device)
-                .where(Device.id.in_(device_ids))
-                .values(
-                    last_seen=utcnow(),
-                    status="online",
-                    offline_at_ms=literal(now_ms, BigInteger) + window_s * 1000,
-                    **({"transport": self._transport} if self._transport else {}),
-                )
-                .returning(Device.id, Device.owner_id, Device.registered_at)
-            )
             # Which registration of each device this is (for the alert rules' cache).
             incarnations = {d: (owner, registered) for d, owner, registered in result}
             alive = set(incarnations)
@@ -334,6 +333,54 @@ class BatchWriter:
             if points:
                 await self._store(session, points, owners)
         return alive, online_now, alerted
+
+    async def _touch_devices(
+        self, session: AsyncSession, device_ids: list[str], now_ms: int
+    ) -> tuple[list[str], Sequence[Any]]:
+        """Mark the devices seen and online; returns those that were not online, and
+        (id, owner, registered_at) of each device that exists. On PostgreSQL one statement:
+        the rows are locked (in id order) by its sub-select, which reads each row's status
+        as it was before (RETURNING gives the new values only); SQLite, whose RETURNING
+        cannot name the sub-select, takes two."""
+        window_s = func.coalesce(Device.interval_s * OFFLINE_INTERVALS, self._offline_after_s)
+        values: dict[str, Any] = {
+            "last_seen": utcnow(),
+            "status": "online",
+            "offline_at_ms": literal(now_ms, BigInteger) + window_s * 1000,
+            **({"transport": self._transport} if self._transport else {}),
+        }
+        if session.get_bind().dialect.name == "postgresql":
+            before = (
+                select(Device.id, Device.status)
+                .where(Device.id.in_(device_ids))
+                .order_by(Device.id)
+                .with_for_update()
+                .subquery("before")
+            )
+            rows = (
+                await session.execute(
+                    update(Device)
+                    .where(Device.id == before.c.id)
+                    .values(**values)
+                    .returning(Device.id, Device.owner_id, Device.registered_at, before.c.status)
+                )
+            ).all()
+            came_online = sorted(row[0] for row in rows if row[3] != "online")
+            return came_online, [(row[0], row[1], row[2]) for row in rows]
+        came = await session.execute(
+            update(Device)
+            .where(Device.id.in_(device_ids), Device.status != "online")
+            .values(status="online")
+            .returning(Device.id)
+        )
+        came_online = list(came.scalars())
+        result = await session.execute(
+            update(Device)
+            .where(Device.id.in_(device_ids))
+            .values(**values)
+            .returning(Device.id, Device.owner_id, Device.registered_at)
+        )
+        return came_online, [(row[0], row[1], row[2]) for row in result]
 
     async def _store(
         self, session: AsyncSession, points: dict[PointKey, float], owners: dict[int, Pair]
@@ -523,6 +570,21 @@ def _first_line(exc: BaseException) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
+def _resolve(job: _Job, result: int | BaseException) -> None:
+    future = job.future
+    if future is not None:
+        if not future.done():
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        return
+    if job.done is not None:
+        try:
+            job.done(result)
+        except Exception:
+            log.exception("handling the outcome of device %s's write failed", job.device_id)
+
+
 def _fail(job: _Job, exc: BaseException) -> None:
-    if not job.future.done():
-        job.future.set_exception(exc)
+    _resolve(job, exc)

@@ -1,16 +1,16 @@
 """The MQTT ingest coordinator: owns the broker connection and feeds the batch writer.
 
-paho-mqtt runs its network loop in its own thread (measured ~2.5x faster than aiomqtt
-here) and hands each message to the event loop. Messages are QoS 1 on a persistent
-session through a shared subscription, and each is acknowledged only after what it
-carries is committed, so killing a worker loses nothing: the broker redelivers.
+paho-mqtt runs in the event loop's thread, its socket driven by the loop
+(`worker/paho_loop.py`): one thread, no GIL hand-offs, each read's messages handled in one
+go. Messages are QoS 1 on a persistent session through a shared subscription, and each is
+acknowledged only after what it carries is committed, so killing a worker loses nothing:
+the broker redelivers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -56,8 +56,9 @@ from sensorium.protocol import (
 )
 from sensorium.protocol.ota import parse_progress
 from sensorium.telemetry.writer import BatchWriter, Unstorable
-from sensorium.worker import paho_speedups
+from sensorium.worker import paho_loop, paho_speedups
 from sensorium.worker.acks import AckQueue, Pending
+from sensorium.worker.paho_loop import LoopDriver, Message
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ RETRY_MAX_S = 30.0
 CONTROL_ATTEMPTS = 5
 # Status messages stored in one transaction, at most.
 STATUS_BATCH = 500
+# Topics whose parse is remembered, at most (then forgotten all at once).
+TOPIC_CACHE = 100_000
 # Few and small: handled one at a time, in order, after the device's pending telemetry.
 CONTROL_KINDS = frozenset(
     {KIND_STATUS, KIND_LOGS, KIND_STATE_REPORTED, KIND_COMMAND_RESULT, KIND_OTA_PROGRESS}
@@ -82,7 +85,7 @@ class _Control:
     """A status, log, reported state, command result or OTA progress message."""
 
     parsed: ParsedTopic
-    message: mqtt.MQTTMessage
+    message: Message
     entry: Pending
 
 
@@ -133,67 +136,63 @@ class MqttIngest:
         self._bus = bus
         self._control_plane = control
         self._loop: asyncio.AbstractEventLoop | None = None
-        # (connection generation, message): see AckQueue.
-        self._inbox: asyncio.Queue[tuple[int, mqtt.MQTTMessage] | None] = asyncio.Queue()
-        # paho's thread hands messages over through `_arrived`; the event loop is woken once
-        # per burst, not per message: each wake-up is a write to the loop's self-pipe and a
-        # turn of the loop (docs/benchmarks.md, "MQTT ingest", change 4). `_wake_pending`
-        # says a wake-up is on its way; both are guarded by `_arrived_lock`, so a message
-        # appended while the loop takes the others is never left without one.
-        self._arrived: deque[tuple[int, mqtt.MQTTMessage]] = deque()
-        self._arrived_lock = threading.Lock()
-        self._wake_pending = False
+        # Messages received while the writer's queue was full, in order: (connection
+        # generation, message), see AckQueue. `_drain_held` takes them as room comes.
+        self._held: deque[tuple[int, Message]] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
         # Status and log messages are few; one queue keeps each device's in order.
         self._control: asyncio.Queue[_Control | None] = asyncio.Queue()
         self._consumer: asyncio.Task[None] | None = None
         self._controller: asyncio.Task[None] | None = None
         self._client: mqtt.Client | None = None
+        self._driver: LoopDriver | None = None
         self._acks = AckQueue(self._send_ack)
-        # Counted in paho's thread, at each CONNACK: which connection a message came on.
+        # Which connection a message came on: counted up when a connection closes, so no
+        # ack of its messages can go out on the next one (see AckQueue).
         self._generation = 0
         self._connected = asyncio.Event()
         self._rejects = RejectLog()
         self._retries: set[asyncio.Task[None]] = set()
         self._last_message_at = 0.0
-        # Each device's latest telemetry write, which its status/log messages wait for.
-        self._pending_writes: dict[str, asyncio.Future[int]] = {}
+        # Each device's latest telemetry write not yet done, which its status/log messages
+        # wait for; `_write_done` is set when one is done while someone waits.
+        self._pending_writes: dict[str, Pending] = {}
+        self._write_waiters = 0
+        self._write_done = asyncio.Event()
+        # parse_uplink_topic's answers: a fleet has a few topics per device.
+        self._topics: dict[str, ParsedTopic | None] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self._loop = asyncio.get_running_loop()
         paho_speedups.install()
-        self._consumer = asyncio.create_task(self._consume(), name="mqtt-ingest")
+        self._consumer = asyncio.create_task(self._drain_held(), name="mqtt-ingest")
         self._controller = asyncio.create_task(self._consume_control(), name="mqtt-control")
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
+        client = paho_loop.new_client(self.client_id)
         client.username_pw_set(self.endpoint.username, self.endpoint.password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        # Reconnect fast, and keep trying every 0.2 s: a restarted Mosquitto 2.0 has lost the
-        # group's shared subscriptions, and what devices publish before a worker subscribes
-        # again goes nowhere. Devices back off from 1 s, so the workers are back first. (A
-        # refused connect is cheap; paho annotates the delays as int but uses floats.)
-        client.reconnect_delay_set(min_delay=0.1, max_delay=0.2)  # type: ignore[arg-type]
         properties = _properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self._session_expiry_s
         properties.ReceiveMaximum = self._receive_maximum
         self._client = client
+        # Reconnects every 0.2 s: a restarted Mosquitto 2.0 has lost the group's shared
+        # subscriptions, and what devices publish before a worker subscribes again goes
+        # nowhere. Devices back off from 1 s, so the workers are back first.
+        self._driver = LoopDriver(
+            client, on_messages=self._received, on_closed=self._connection_closed
+        )
         # clean_start=False: resume the persistent session and what queued up meanwhile.
-        client.connect_async(
+        self._driver.start(
             self.endpoint.host,
             self.endpoint.port,
             keepalive=30,
             clean_start=False,
             properties=properties,
         )
-        client.loop_start()
         await asyncio.wait_for(self._connected.wait(), timeout_s)
 
     async def stop(self, *, leave_group: bool = False) -> None:
@@ -210,7 +209,9 @@ class MqttIngest:
             await self._settle(quiet_s=1.0, timeout_s=60.0)
         else:
             await self._settle(quiet_s=0.0, timeout_s=10.0)
-        await self._inbox.put(None)
+        # What arrives from now on is not taken (nor acknowledged): the broker keeps it.
+        self._closing = True
+        self._wake.set()
         if self._consumer is not None:
             await self._consumer
         await self._control.put(None)
@@ -223,7 +224,8 @@ class MqttIngest:
             if leave_group:
                 properties.SessionExpiryInterval = 0
             client.disconnect(properties=properties)
-            await asyncio.to_thread(client.loop_stop)
+        if self._driver is not None:
+            await self._driver.stop()
         self._client = None
 
     async def _settle(self, *, quiet_s: float, timeout_s: float) -> None:
@@ -232,12 +234,7 @@ class MqttIngest:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            idle = (
-                not self._arrived
-                and self._inbox.empty()
-                and self._control.empty()
-                and len(self._acks) == 0
-            )
+            idle = not self._held and self._control.empty() and len(self._acks) == 0
             if idle and time.monotonic() - self._last_message_at >= quiet_s:
                 return
             await asyncio.sleep(0.05)
@@ -251,7 +248,7 @@ class MqttIngest:
             f"{time.monotonic() - oldest.received_at:.1f} s",
         )
 
-    # --- paho thread callbacks -----------------------------------------------------------
+    # --- paho callbacks (in the event loop's thread) -------------------------------------
 
     def _subscriptions(self) -> list[str]:
         filters = uplink_subscriptions("+")
@@ -268,9 +265,6 @@ class MqttIngest:
         if reason.is_failure:
             log.error("MQTT connection refused: %s", reason)
             return
-        assert self._loop is not None
-        self._generation += 1
-        self._loop.call_soon_threadsafe(self._acks.new_connection, self._generation)
         # Subscribing again on a present session is harmless and repairs a subscription
         # the broker refused earlier (e.g. before its ACLs were brought up to date).
         client.subscribe([(topic, 1) for topic in self._subscriptions()])
@@ -280,7 +274,7 @@ class MqttIngest:
             self.endpoint.port,
             flags.session_present,
         )
-        self._loop.call_soon_threadsafe(self._connected.set)
+        self._connected.set()
 
     def _on_subscribe(
         self,
@@ -302,59 +296,83 @@ class MqttIngest:
         reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._connected.clear)
+        self._connected.clear()
         if reason.is_failure:
             log.warning("MQTT connection lost: %s; reconnecting", reason)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        assert self._loop is not None
-        with self._arrived_lock:
-            self._arrived.append((self._generation, message))
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        self._loop.call_soon_threadsafe(self._take_arrived)
-
-    def _take_arrived(self) -> None:
-        """Event loop: move what paho's thread received into the inbox, in order."""
-        with self._arrived_lock:
-            arrived, self._arrived = self._arrived, deque()
-            self._wake_pending = False
-        put = self._inbox.put_nowait
-        for item in arrived:
-            put(item)
+    def _connection_closed(self) -> None:
+        """The connection is gone: acks of what came on it must never be sent (the broker
+        redelivers those messages on the next one, under new ids)."""
+        self._generation += 1
+        self._acks.new_connection(self._generation)
+        self._connected.clear()
 
     def _send_ack(self, mid: int, qos: int, generation: int) -> None:
-        client = self._client
-        # The event loop may not have heard of a reconnection yet; paho's thread has.
-        if client is not None and generation == self._generation:
-            rc = client.ack(mid, qos)
+        if generation != self._generation or self._driver is None:
+            return
+        if qos == 1:
+            self._driver.ack(mid)
+        elif self._client is not None:
+            rc = self._client.ack(mid, qos)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 log.debug("ack of %s not sent: %s", mid, rc)
 
-    # --- event loop side -----------------------------------------------------------------
+    # --- messages ----------------------------------------------------------------------
 
-    async def _consume(self) -> None:
-        while (item := await self._inbox.get()) is not None:
-            generation, message = item
-            self._last_message_at = time.monotonic()
-            entry = self._acks.track(
-                message.mid, message.qos, generation=generation, topic=message.topic
-            )
-            if self._writer.full():
-                # Back-pressure instead of a dropped message: while this waits, the broker
-                # holds what comes next (at most `receive_maximum` unacknowledged).
-                await self._writer.wait_for_room()
-            try:
-                self._dispatch(message, entry)
-            except Exception:
-                # Never let one message stop the worker; this one is dropped and acked.
-                log.exception("unexpected error handling %s", message.topic)
-                self._acks.complete(entry)
+    def _received(self, burst: list[Message]) -> None:
+        """The PUBLISHes of one read, in order. Handled at once while the writer has room;
+        the rest waits in `_held` (the broker holds what comes next: at most
+        `receive_maximum` unacknowledged)."""
+        if self._closing:
+            return
+        self._last_message_at = time.monotonic()
+        generation = self._generation
+        held = self._held
+        if not held:
+            writer = self._writer
+            handle = self._handle
+            for index, message in enumerate(burst):
+                if writer.full():
+                    burst = burst[index:]
+                    break
+                handle(generation, message)
+            else:
+                return
+        held.extend((generation, message) for message in burst)
+        self._wake.set()
 
-    def _dispatch(self, message: mqtt.MQTTMessage, entry: Pending) -> None:
-        parsed = parse_uplink_topic(message.topic)
+    async def _drain_held(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._held:
+                if self._writer.full():
+                    # Back-pressure instead of a dropped message.
+                    await self._writer.wait_for_room()
+                    continue
+                generation, message = self._held.popleft()
+                self._handle(generation, message)
+            if self._closing:
+                return
+
+    def _handle(self, generation: int, message: Message) -> None:
+        entry = self._acks.track(
+            message.mid, message.qos, generation=generation, topic=message.topic
+        )
+        try:
+            self._dispatch(message, entry)
+        except Exception:
+            # Never let one message stop the worker; this one is dropped and acked.
+            log.exception("unexpected error handling %s", message.topic)
+            self._acks.complete(entry)
+
+    def _dispatch(self, message: Message, entry: Pending) -> None:
+        try:
+            parsed = self._topics[message.topic]
+        except KeyError:
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            parsed = self._topics[message.topic] = parse_uplink_topic(message.topic)
         if parsed is None:
             self._reject("-", "unknown_topic", message.topic)
             self._acks.complete(entry)
@@ -362,7 +380,7 @@ class MqttIngest:
             now = epoch_ms()
             try:
                 readings = parse_telemetry(
-                    bytes(message.payload), now_ms=now, oldest_ms=now - self._retention_ms
+                    message.payload, now_ms=now, oldest_ms=now - self._retention_ms
                 )
             except ProtocolError as exc:
                 self._reject(parsed.device_id, exc.code, exc.message)
@@ -374,30 +392,30 @@ class MqttIngest:
             self._control.put_nowait(_Control(parsed, message, entry))
 
     def _submit(self, device_id: str, readings: Sequence[Reading], entry: Pending) -> None:
-        future = self._writer.submit(device_id, readings)
-        self._pending_writes[device_id] = future
-        future.add_done_callback(lambda f: self._written(f, device_id, readings, entry))
+        self._pending_writes[device_id] = entry
+        self._writer.enqueue(
+            device_id, readings, lambda result: self._written(result, device_id, readings, entry)
+        )
 
     def _written(
         self,
-        future: asyncio.Future[int],
+        result: int | BaseException,
         device_id: str,
         readings: Sequence[Reading],
         entry: Pending,
     ) -> None:
-        if self._pending_writes.get(device_id) is future:
+        if self._pending_writes.get(device_id) is entry:
             del self._pending_writes[device_id]
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is None:
+        if self._write_waiters:
+            self._write_done.set()
+        if not isinstance(result, BaseException):
             _DOCUMENTS.inc()
-            _POINTS.inc(future.result())
-        elif isinstance(exc, NotFound):
-            self._reject(device_id, "unknown_device", str(exc))
-        elif isinstance(exc, Unstorable):
+            _POINTS.inc(result)
+        elif isinstance(result, NotFound):
+            self._reject(device_id, "unknown_device", str(result))
+        elif isinstance(result, Unstorable):
             # Refused for its content: retrying would hold every later ack for ever.
-            self._reject(device_id, exc.code, exc.message)
+            self._reject(device_id, result.code, result.message)
         else:
             # The database failed: keep the message unacknowledged and try again, so
             # nothing is lost and later acks wait behind it (they must stay in order).
@@ -406,7 +424,7 @@ class MqttIngest:
             log.error(
                 "storing telemetry of %s failed (%s); retry %d in %.0f s",
                 device_id,
-                exc,
+                result,
                 entry.attempts,
                 delay,
             )
@@ -455,12 +473,19 @@ class MqttIngest:
         """Keep each device's messages in order: a last will published after a reading must
         not be stored before it (the reading would turn the device online again)."""
         earlier = [
-            future
+            (device_id, entry)
             for device_id in device_ids
-            if (future := self._pending_writes.get(device_id)) is not None and not future.done()
+            if (entry := self._pending_writes.get(device_id)) is not None
         ]
-        if earlier:
-            await asyncio.wait(earlier)
+        while earlier:
+            self._write_waiters += 1
+            self._write_done.clear()
+            try:
+                await self._write_done.wait()
+            finally:
+                self._write_waiters -= 1
+            pending = self._pending_writes
+            earlier = [(d, entry) for d, entry in earlier if pending.get(d) is entry]
 
     async def _handle_control(self, item: _Control) -> None:
         parsed, message = item.parsed, item.message
