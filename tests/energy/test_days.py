@@ -157,7 +157,7 @@ async def test_hours_cut_by_slot_edges_read_for_all_meters_at_once_or_one_by_one
     read_together: list[int] = []
     cut_hour_points = meters._cut_hour_points
 
-    async def spy(*args: Any) -> dict[int, list[tuple[int, float]]]:
+    async def spy(*args: Any) -> dict[int, Any]:
         out = await cut_hour_points(*args)
         read_together.append(len(out))
         return out

@@ -25,6 +25,14 @@ class Slots:
     cuts: list[int]
     wh: list[float]
     missing_ms: list[int]
+    # Each slot's length in ms, computed on first use (may be shared by slots over the
+    # same cuts: it is never written to).
+    lengths: list[int] | None = field(default=None, compare=False, repr=False)
+
+    def slot_lengths(self) -> list[int]:
+        if self.lengths is None:
+            self.lengths = list(map(operator.sub, self.cuts[1:], self.cuts[:-1]))
+        return self.lengths
 
     @classmethod
     def over(cls, cuts: Sequence[int]) -> Slots:
@@ -67,7 +75,8 @@ class Slots:
         gaps: list[list[int]] = [p.missing_ms for p in parts if any(p.missing_ms)] or [[0] * n]
         missing = list(gaps[0])
         for g in gaps[1:]:
-            missing = list(map(max, missing, g))
+            if g != missing:  # (meters often miss the same stretches)
+                missing = list(map(max, missing, g))
         return cls(cuts, wh, missing)
 
     def merged(self, other: Slots, sign: float = 1.0) -> Slots:
@@ -179,11 +188,11 @@ class Integrator:
         if k - 1 > i:
             missing_ms[k - 1] += min(b, cuts[k]) - max(a, cuts[k - 1])
         if k - 2 > i:
-            missing_ms[i + 1 : k - 1] = map(
-                operator.add,
-                missing_ms[i + 1 : k - 1],
-                map(operator.sub, cuts[i + 2 : k], cuts[i + 1 : k - 1]),
-            )
+            lengths = self.slots.slot_lengths()[i + 1 : k - 1]
+            if any(missing_ms[i + 1 : k - 1]):
+                missing_ms[i + 1 : k - 1] = map(operator.add, missing_ms[i + 1 : k - 1], lengths)
+            else:
+                missing_ms[i + 1 : k - 1] = lengths
 
 
 def estimate_interior(

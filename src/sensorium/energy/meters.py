@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 import operator
 import struct
 from bisect import bisect_left
@@ -93,7 +92,7 @@ async def _rows(session: AsyncSession, statement: Any, params: Any = None) -> An
     """Run a statement of plain columns on the session's connection: Core rows, without
     the ORM's per-row loading (which cost more than the statement for a year of days)."""
     connection = await session.connection()
-    return await connection.execute(statement, params)
+    return (await connection.execute(statement, params)).all()
 
 
 async def custom_plans(session: AsyncSession) -> None:
@@ -128,21 +127,6 @@ async def key_ids(session: AsyncSession) -> dict[str, int]:
     found = dict(rows.all())
     session.info["energy_key_ids"] = found
     return dict(found)
-
-
-def _matches(entry: EnergyHour, rollup: Rollup, max_gap_ms: int) -> bool:
-    """Whether a cached hour was computed from exactly the readings the rollup describes."""
-    return (
-        entry.max_gap_ms == max_gap_ms
-        and entry.n == rollup.n
-        and entry.first_ts == rollup.first_ts
-        and entry.last_ts == rollup.last_ts
-        and entry.first_value == rollup.first_value
-        and entry.last_value == rollup.last_value
-        and entry.vmin == rollup.vmin
-        and entry.vmax == rollup.vmax
-        and math.isclose(entry.vsum, rollup.vsum, rel_tol=1e-9, abs_tol=1e-9)
-    )
 
 
 def _cache_row(
@@ -235,13 +219,14 @@ async def meters_energy(
         )
         for d, _k in active
     }
-    hours, cached = await _hour_rows(session, active, spans)
+    hours, cached = await _hour_rows(session, active, spans, max_gap_ms)
     cut_points = await _cut_hour_points(session, active, hours, template)
     before = await _readings_before(session, active, start)
     after = await _readings_from(session, active, end)
     out: list[MeterEnergy] = []
+    lengths = template.slot_lengths()
     for device_id, device in zip(device_ids, devices, strict=True):
-        slots = Slots(template.cuts, [0.0] * len(template.wh), [0] * len(template.wh))
+        slots = Slots(template.cuts, [0.0] * len(template.wh), [0] * len(template.wh), lengths)
         source = sources.get(device)
         integrator = Integrator(slots, counter=source == ENERGY_KEY, max_gap_ms=max_gap_ms)
         if source is None:
@@ -543,17 +528,34 @@ async def _hour_rows(
     session: AsyncSession,
     active: Sequence[tuple[int, int]],
     spans: dict[int, list[tuple[int, int]]],
+    gap: int,
 ) -> tuple[dict[int, list[Any]], dict[int, dict[int, Any]]]:
-    """Per device, its hour rollups in its spans (in time order) and its cached hours."""
+    """Per device, its hour rollups in its spans (in time order), and those of its hours
+    whose `energy_hours` figures still hold (the same rows, with `wh`, `missing` and
+    `estimated`)."""
     groups = _groups(active, spans)
     if not groups:
         return {}, {}
 
-    def where(device: Any, key_id: Any, bucket: Any) -> Any:
-        return _within(groups, device, key_id, bucket)
-
     r, e = Rollup, EnergyHour
+    # A cached hour is used only when it was computed from exactly the readings the
+    # hour's rollup now describes (checked here, like the days).
+    valid = and_(
+        e.device == r.device,
+        e.key_id == r.key_id,
+        e.hour == r.bucket,
+        e.max_gap_ms == gap,
+        e.n == r.n,
+        e.first_ts == r.first_ts,
+        e.last_ts == r.last_ts,
+        e.first_value == r.first_value,
+        e.last_value == r.last_value,
+        e.vmin == r.vmin,
+        e.vmax == r.vmax,
+        func.abs(e.vsum - r.vsum) <= 1e-9 * (func.abs(r.vsum) + 1.0),
+    )
     hours: dict[int, list[Any]] = {}
+    cached: dict[int, dict[int, Any]] = {}
     for row in await _rows(
         session,
         select(
@@ -567,33 +569,17 @@ async def _hour_rows(
             r.first_value,
             r.last_ts,
             r.last_value,
+            e.wh,
+            e.missing,
+            e.estimated,
         )
-        .where(r.grain == HOUR_MS, where(r.device, r.key_id, r.bucket))
+        .outerjoin(e, valid)
+        .where(r.grain == HOUR_MS, _within(groups, r.device, r.key_id, r.bucket))
         .order_by(r.device, r.bucket),
     ):
         hours.setdefault(row.device, []).append(row)
-    cached: dict[int, dict[int, Any]] = {}
-    if hours:
-        for entry in await _rows(
-            session,
-            select(
-                e.device,
-                e.hour,
-                e.max_gap_ms,
-                e.n,
-                e.vsum,
-                e.vmin,
-                e.vmax,
-                e.first_ts,
-                e.first_value,
-                e.last_ts,
-                e.last_value,
-                e.wh,
-                e.missing,
-                e.estimated,
-            ).where(where(e.device, e.key_id, e.hour)),
-        ):
-            cached.setdefault(entry.device, {})[entry.hour] = entry
+        if row.wh is not None:
+            cached.setdefault(row.device, {})[row.bucket] = row
     return hours, cached
 
 
@@ -602,15 +588,28 @@ def _whole_hour(slots: Slots, hour: int) -> bool:
     return hour >= slots.start and slots.inside(hour, hour + HOUR_MS)
 
 
+@dataclass(slots=True)
+class _CutPoints:
+    """A meter's raw points (ts, value) of its hours cut by a slot edge, in time order,
+    without those past the slots' end but the first of each hour; and how many points
+    each of those hours has (to tell an hour whose raw points are gone)."""
+
+    points: list[tuple[int, float]] = field(default_factory=list)
+    counts: dict[int, int] = field(default_factory=dict)
+
+
 async def _cut_hour_points(
     session: AsyncSession,
     active: Sequence[tuple[int, int]],
     hours: dict[int, list[Any]],
     slots: Slots,
-) -> dict[int, list[tuple[int, float]]]:
-    """Per device, the raw points (ts, value) of its hours that a slot edge cuts, in time
-    order, read for all meters in one statement; {} when there are more than
-    CUT_HOURS_AT_ONCE such hours in all (then `_integrate` reads them meter by meter)."""
+) -> dict[int, _CutPoints]:
+    """Per device, the raw points of its hours that a slot edge cuts, read for all meters
+    in one statement; {} when there are more than CUT_HOURS_AT_ONCE such hours in all
+    (then `_integrate` reads them meter by meter). Points past the slots' end are left
+    out but the first of an hour: they add nothing (the walk bridges to the first reading
+    after the end, which it reads anyway), and a summary's previous period ends mid-hour
+    with most of that hour's points after it."""
     runs: dict[tuple[int, int], list[int]] = {}  # [a, b) -> the devices whose hours these are
     count = 0
     for device, _k in active:
@@ -634,16 +633,31 @@ async def _cut_hour_points(
         Series.key_id,
         Point.ts,
     )
-    out: dict[int, list[tuple[int, float]]] = {d: [] for devices in runs.values() for d in devices}
-    rows = await _rows(
-        session,
-        select(Series.device, Point.ts, Point.value)
+    per_hour = (Series.device, Point.ts - Point.ts % HOUR_MS)
+    inner = (
+        select(
+            Series.device.label("device"),
+            Point.ts.label("ts"),
+            Point.value.label("value"),
+            func.count().over(partition_by=per_hour).label("n"),
+            func.row_number().over(partition_by=per_hour, order_by=Point.ts).label("k"),
+        )
         .join(Series, Series.id == Point.series)
         .where(wanted)
-        .order_by(Series.device, Point.ts),
+        .subquery()
     )
-    for device, ts, value in rows:
-        out[device].append((ts, value))
+    out = {d: _CutPoints() for devices in runs.values() for d in devices}
+    rows = await _rows(
+        session,
+        select(inner.c.device, inner.c.ts, inner.c.value, inner.c.n, inner.c.k)
+        .where(or_(inner.c.ts < slots.end, inner.c.k == 1))
+        .order_by(inner.c.device, inner.c.ts),
+    )
+    for device, ts, value, n, k in rows:
+        cut = out[device]
+        cut.points.append((ts, value))
+        if k == 1:
+            cut.counts[ts - ts % HOUR_MS] = n
     return out
 
 
@@ -737,7 +751,7 @@ async def _integrate(
     cached: dict[int, Any],
     covered: Sequence[Any],
     cache: CacheEntries | None,
-    cut_points: list[tuple[int, float]] | None = None,
+    cut_points: _CutPoints | None = None,
     months: Sequence[Any] = (),
 ) -> None:
     """Walk the meter's cached months and days and its hours in time order: cached hours
@@ -749,8 +763,7 @@ async def _integrate(
         return _whole_hour(slots, r.bucket)
 
     def known(r: Any) -> bool:
-        e = cached.get(r.bucket)
-        return whole(r) and e is not None and _matches(e, r, max_gap)
+        return r.bucket in cached and whole(r)
 
     # (start, 0 an hour / 1 a day / 2 a month, row): a month, the days outside it and the
     # hours outside those never share a start.
@@ -762,16 +775,14 @@ async def _integrate(
     )
     i = 0
     while i < len(items):
-        at, kind_of, it = items[i]
-        if kind_of == 2:
-            state.days([it])
-            i += 1
-            continue
-        if kind_of == 1:
-            j = i + 1  # the run of consecutive cached days from here
-            while j < len(items) and items[j][1] == 1 and items[j][0] == at + (j - i) * DAY_MS:
+        _at, kind_of, it = items[i]
+        if kind_of:
+            # The run of consecutive cached months and days from here, added in one go.
+            j, after = i + 1, _end_of(it, kind_of)
+            while j < len(items) and items[j][1] and items[j][0] == after:
+                after = _end_of(items[j][2], items[j][1])
                 j += 1
-            state.days([day for _a, _d, day in items[i:j]])
+            state.days([entry for _a, _k, entry in items[i:j]])
             i = j
             continue
         if known(it):
@@ -817,6 +828,8 @@ async def _integrate(
         by_hour = {h.bucket: h for h in run}
         current: int | None = None
         points: list[tuple[int, float]] = []
+        # How many points each hour has, when not all of them were read.
+        counts = cut_points.counts if cut_points is not None and not kind else {}
         async for batch in _run_points(session, device, key_id, run, kind, cut_points):
             for ts, value in batch:
                 hour = ts - ts % HOUR_MS
@@ -824,17 +837,25 @@ async def _integrate(
                     if current is not None and current in by_hour:
                         state.hour(
                             by_hour[current], points, whole(by_hour[current]), device, key_id,
-                            cache,
+                            cache, counts.get(current),
                         )  # fmt: skip
                     current, points = hour, []
                 points.append((ts, value))
         if current is not None and current in by_hour:
-            state.hour(by_hour[current], points, whole(by_hour[current]), device, key_id, cache)
+            state.hour(
+                by_hour[current], points, whole(by_hour[current]), device, key_id, cache,
+                counts.get(current),
+            )  # fmt: skip
         # Hours whose raw points are all gone (retention): their rollups stand in.
         for h in run:
             if h.bucket not in state.seen:
                 state.hour(h, [], whole(h), device, key_id, cache)
         state.seen.clear()
+
+
+def _end_of(entry: Any, kind_of: int) -> int:
+    """Where a cached day (kind 1) or month (kind 2) ends."""
+    return int(entry.month_end) if kind_of == 2 else int(entry.bucket) + DAY_MS
 
 
 async def _run_points(
@@ -843,15 +864,15 @@ async def _run_points(
     key_id: int,
     run: Sequence[Any],
     whole: bool,
-    cut_points: list[tuple[int, float]] | None,
+    cut: _CutPoints | None,
 ) -> AsyncIterator[Sequence[tuple[int, float]]]:
     """The raw points of a run of hours, in time order, in batches: from `cut_points` for
     hours cut by a slot edge when those were read already, else from the database (a
     batch at a time: a row at a time costs a greenlet switch each)."""
     a, b = run[0].bucket, run[-1].bucket + HOUR_MS
-    if not whole and cut_points is not None:
-        i = bisect_left(cut_points, (a,))
-        yield cut_points[i : bisect_left(cut_points, (b,), lo=i)]
+    if not whole and cut is not None:
+        i = bisect_left(cut.points, (a,))
+        yield cut.points[i : bisect_left(cut.points, (b,), lo=i)]
         return
     result = await session.stream(
         select(Point.ts, Point.value)
@@ -1135,11 +1156,14 @@ class _Walk:
         device: int,
         key_id: int,
         cache: CacheEntries | None,
+        available: int | None = None,
     ) -> None:
-        """One hour from its raw points, or from its rollup when they are gone."""
+        """One hour from its raw points, or from its rollup when they are gone.
+        `available`: how many raw points the hour has when `points` leaves some out (those
+        past the slots' end)."""
         self.seen.add(r.bucket)
         integrator = self.integrator
-        if len(points) < r.n:
+        if (len(points) if available is None else available) < r.n:
             wh, missing = estimate_interior(
                 counter=integrator.counter,
                 max_gap_ms=integrator.max_gap_ms,
