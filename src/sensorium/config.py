@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     writer_max_batch: int = Field(5000, ge=1)
     writer_max_linger_ms: int = Field(0, ge=0, le=1000)
     writer_queue_size: int = Field(100_000, ge=1)
+    # Transactions a writer runs at once, each for its own share of the devices
+    # (PostgreSQL; SQLite always takes one).
+    writer_lanes: int = Field(1, ge=1, le=8)
 
     # MQTT. Empty mqtt_url: `sensorium serve` starts and supervises its own Mosquitto.
     # Set it (mqtt://host:port) to use an operator's broker provisioned with

@@ -135,6 +135,45 @@ async def test_enqueued_documents_are_answered_once_through_their_callbacks(env:
     assert await count(env, Point) == 4 + 3 + 2 + 1
 
 
+async def test_lanes_write_disjoint_devices_at_once_each_device_in_order(env: Any) -> None:
+    """Two lanes: two transactions at a time, never one device in both, and each device's
+    documents committed in the order they were queued."""
+    writer = BatchWriter(env, offline_after_s=60, lanes=2, max_batch=20)
+    original = writer._write
+    running: list[set[str]] = []
+    overlapped = 0
+    committed: dict[str, list[int]] = {}
+
+    async def slow(jobs: Any) -> tuple[set[str], list[str], bool]:
+        nonlocal overlapped
+        devices = {job.device_id for job in jobs}
+        for other in running:
+            assert not devices & other, "a device in two transactions at once"
+            overlapped += 1
+        running.append(devices)
+        try:
+            await asyncio.sleep(0.02)
+            result = await original(jobs)
+        finally:
+            running.remove(devices)
+        for job in jobs:
+            committed.setdefault(job.device_id, []).append(job.readings[0].ts)
+        return result
+
+    writer._write = slow  # type: ignore[method-assign]
+    await writer.start()
+    start = int(time.time() * 1000) - 10_000
+    futures = [
+        writer.submit(f"02000000000{i % 3}", readings(5, start=start + 10 * i)) for i in range(60)
+    ]
+    await writer.stop()
+    assert [f.result() for f in futures] == [5] * 60
+    assert await count(env, Point) == 300
+    assert overlapped > 0
+    for i in range(3):
+        assert committed[f"02000000000{i}"] == [start + 10 * n for n in range(i, 60, 3)]
+
+
 async def test_readings_of_a_deleted_device_are_dropped(env: Any) -> None:
     writer = BatchWriter(env, offline_after_s=60)
     await writer.start()

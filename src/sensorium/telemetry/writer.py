@@ -83,6 +83,7 @@ class BatchWriter:
         max_batch: int = 5000,
         max_linger_s: float = 0.0,
         queue_size: int = 100_000,
+        lanes: int = 1,
         bus: LiveBus | None = None,
         transport: str | None = None,
         on_online: Callable[[list[str]], None] | None = None,
@@ -94,7 +95,14 @@ class BatchWriter:
         self._offline_after_s = offline_after_s
         self._max_batch = max_batch
         self._max_linger_s = max_linger_s
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
+        # Lanes: as many transactions at once, each for its own share of the devices (by
+        # their number), so they never lock the same device, rollup or latest_values rows
+        # and one device's documents stay in order. One lane waits for the database
+        # between its batches; two overlap one's round trips with the other's.
+        self._lanes = max(1, lanes)
+        self._queues: list[asyncio.Queue[_Job | None]] = [
+            asyncio.Queue(maxsize=max(1, queue_size // self._lanes)) for _ in range(self._lanes)
+        ]
         # Set when the writer has taken jobs off a queue that may have been full.
         self._room = asyncio.Event()
         self._bus = bus
@@ -109,7 +117,7 @@ class BatchWriter:
         self._watch = alerts.Watch()
         self._key_ids: dict[str, int] = {}
         self._series = series.Cache()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     def from_settings(
@@ -128,30 +136,36 @@ class BatchWriter:
             max_batch=settings.writer_max_batch,
             max_linger_s=linger_ms / 1000,
             queue_size=settings.writer_queue_size,
+            # SQLite has one writer at a time: a second lane would only wait for the lock.
+            lanes=1 if settings.database_url.startswith("sqlite") else settings.writer_lanes,
             bus=bus,
             transport=transport,
             on_online=on_online,
         )
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="sensorium-batch-writer")
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(queue), name=f"sensorium-batch-writer-{i}")
+                for i, queue in enumerate(self._queues)
+            ]
 
     async def stop(self) -> None:
         """Write everything already queued, then stop."""
-        if self._task is None:
+        if not self._tasks:
             return
-        await self._queue.put(None)
-        await self._task
-        self._task = None
+        for queue in self._queues:
+            await queue.put(None)
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
 
     def submit(self, device_id: str, readings: Sequence[Reading]) -> asyncio.Future[int]:
         """Queue one document; the future resolves to its reading count once committed."""
-        if self._task is None or self._task.done():
+        if not self._running():
             raise WriterOverloaded("the writer is not running")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(device_id, readings, future))
+            self._queue_of(device_id).put_nowait(_Job(device_id, readings, future))
         except asyncio.QueueFull:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
         return future
@@ -164,50 +178,68 @@ class BatchWriter:
     ) -> None:
         """Queue one document; `done` is called, once, with its reading count once committed
         or with the error that refused it (in the writer's task, before the next batch)."""
-        if self._task is None or self._task.done():
+        if not self._running():
             raise WriterOverloaded("the writer is not running")
         try:
-            self._queue.put_nowait(_Job(device_id, readings, None, done))
+            self._queue_of(device_id).put_nowait(_Job(device_id, readings, None, done))
         except asyncio.QueueFull:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
 
+    def _running(self) -> bool:
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
+    def _queue_of(self, device_id: str) -> asyncio.Queue[_Job | None]:
+        queues = self._queues
+        if len(queues) == 1:
+            return queues[0]
+        # Device ids are MAC addresses (hex; consecutive ones go to different lanes); what
+        # is not fails in its batch as before, from lane 0.
+        try:
+            number = int(device_id, 16)
+        except ValueError:
+            number = 0
+        return queues[number % len(queues)]
+
     def full(self) -> bool:
-        return self._queue.full()
+        """Some lane's queue is full (the next document may be for it)."""
+        return any(queue.full() for queue in self._queues)
 
     async def wait_for_room(self) -> None:
         """Until `submit` would not be refused for a full queue (MQTT ingest waits here
         rather than drop a message: the broker keeps the rest meanwhile)."""
-        while self._queue.full():
+        while self.full():
             self._room.clear()
             await self._room.wait()
 
     async def write(self, device_id: str, readings: Sequence[Reading]) -> int:
         return await self.submit(device_id, readings)
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue[_Job | None]) -> None:
         stopping = False
         while not stopping:
-            first = await self._queue.get()
+            first = await queue.get()
             if first is None:
                 break
-            jobs, stopping = await self._collect(first)
+            jobs, stopping = await self._collect(queue, first)
             self._room.set()
             await self._flush(jobs)
 
-    async def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+    async def _collect(
+        self, queue: asyncio.Queue[_Job | None], first: _Job
+    ) -> tuple[list[_Job], bool]:
         jobs = [first]
         count = len(first.readings)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_linger_s
         while count < self._max_batch:
             try:
-                job = self._queue.get_nowait()
+                job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                    job = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
             if job is None:

@@ -160,6 +160,9 @@ class MqttIngest:
         self._pending_writes: dict[str, Pending] = {}
         self._write_waiters = 0
         self._write_done = asyncio.Event()
+        self._stored_documents = 0
+        self._stored_points = 0
+        self._count_pending = False
         # parse_uplink_topic's answers: a fleet has a few topics per device.
         self._topics: dict[str, ParsedTopic | None] = {}
 
@@ -409,8 +412,12 @@ class MqttIngest:
         if self._write_waiters:
             self._write_done.set()
         if not isinstance(result, BaseException):
-            _DOCUMENTS.inc()
-            _POINTS.inc(result)
+            # Counted into /metrics once per batch: each inc() takes a lock.
+            self._stored_documents += 1
+            self._stored_points += result
+            if not self._count_pending:
+                self._count_pending = True
+                asyncio.get_running_loop().call_soon(self._count_stored)
         elif isinstance(result, NotFound):
             self._reject(device_id, "unknown_device", str(result))
         elif isinstance(result, Unstorable):
@@ -433,6 +440,12 @@ class MqttIngest:
             task.add_done_callback(self._retries.discard)
             return
         self._acks.complete(entry)
+
+    def _count_stored(self) -> None:
+        self._count_pending = False
+        _DOCUMENTS.inc(self._stored_documents)
+        _POINTS.inc(self._stored_points)
+        self._stored_documents = self._stored_points = 0
 
     async def _retry(
         self, device_id: str, readings: Sequence[Reading], entry: Pending, delay: float
