@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 from sensorium.energy import meters, service
 from sensorium.energy.models import EnergyDay, EnergyHour
 from sensorium.protocol import Reading
+from sensorium.telemetry.models import Point
 from tests.energy.conftest import HOUR, get, ms, store
 from tests.helpers import Api
 
@@ -177,3 +178,57 @@ async def test_hours_cut_by_slot_edges_read_for_all_meters_at_once_or_one_by_one
     assert together["unmetered_kwh"] == apart["unmetered_kwh"]
     assert [m["missing"] for m in together["meters"]] == [m["missing"] for m in apart["meters"]]
     assert together["meters"][1]["missing"]  # the gap
+
+
+async def test_a_range_ending_mid_hour_reads_no_points_past_its_end_yet_tells_gone_points(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hour holding the range's end: its points past the end are not read (all meters
+    # at once), yet the hour's count still tells when its raw points are no longer all
+    # there; meter by meter (every point read) gives the same figures.
+    owner = await api.account()
+    device = await api.device(owner)
+    rng = random.Random(23)
+    start = ms("2026-06-08T00:00:00+00:00")
+    data = [Reading(ts=t, key="power", value=rng.uniform(100.0, 900.0))
+            for t in range(start, start + 3 * DAY, 20_000)]  # fmt: skip
+    await store(api, device, data)
+    end = ms("2026-06-10T13:37:10+00:00")
+    params = {"device": device.id, "interval": "1h", "tz": "UTC",
+              "from": str(start), "to": str(end)}  # fmt: skip
+    read: list[dict[int, Any]] = []
+    cut_hour_points = meters._cut_hour_points
+
+    async def spy(*args: Any) -> dict[int, Any]:
+        out = await cut_hour_points(*args)
+        read.append(out)
+        return out
+
+    monkeypatch.setattr(meters, "_cut_hour_points", spy)
+
+    async def both() -> tuple[Any, Any]:
+        await _forget(api)
+        monkeypatch.setattr(meters, "CUT_HOURS_AT_ONCE", 96)
+        together = await get(api, "/api/v1/energy/series", owner.headers, **params)
+        await _forget(api)
+        monkeypatch.setattr(meters, "CUT_HOURS_AT_ONCE", 0)
+        apart = await get(api, "/api/v1/energy/series", owner.headers, **params)
+        return together, apart
+
+    together, apart = await both()
+    (points,) = read[0].values()
+    assert max(ts for ts, _v in points.points) < end
+    assert list(points.counts.values()) == [180]  # 13:00-14:00 every 20 s
+    assert together == apart
+    assert together["rows"][-1]["kwh"] > 0
+    # The hour's points past the end go (as retention would take them): its rollup
+    # stands in, whichever way its points are read.
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with sessions() as session, session.begin():
+        await session.execute(delete(Point).where(Point.ts >= end + 60_000))
+    exact = together["rows"][-1]["kwh"]
+    together, apart = await both()
+    assert together == apart
+    assert together["rows"][:-1] == apart["rows"][:-1]
+    assert together["rows"][-1]["kwh"] != exact
+    assert together["rows"][-1]["kwh"] == pytest.approx(exact, rel=0.2)

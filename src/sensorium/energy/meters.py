@@ -633,30 +633,32 @@ async def _cut_hour_points(
         Series.key_id,
         Point.ts,
     )
-    per_hour = (Series.device, Point.ts - Point.ts % HOUR_MS)
-    inner = (
-        select(
-            Series.device.label("device"),
-            Point.ts.label("ts"),
-            Point.value.label("value"),
-            func.count().over(partition_by=per_hour).label("n"),
-            func.row_number().over(partition_by=per_hour, order_by=Point.ts).label("k"),
-        )
+    # The points once (a CTE), each hour's count and first point from them, and the points
+    # before the end or first in their hour.
+    pts = (
+        select(Series.device.label("device"), Point.ts.label("ts"), Point.value.label("value"))
         .join(Series, Series.id == Point.series)
         .where(wanted)
+        .cte("pts")
+    )
+    hour = pts.c.ts - pts.c.ts % HOUR_MS
+    per_hour = (
+        select(pts.c.device, func.min(pts.c.ts).label("first"), func.count().label("n"))
+        .group_by(pts.c.device, hour)
         .subquery()
     )
     out = {d: _CutPoints() for devices in runs.values() for d in devices}
     rows = await _rows(
         session,
-        select(inner.c.device, inner.c.ts, inner.c.value, inner.c.n, inner.c.k)
-        .where(or_(inner.c.ts < slots.end, inner.c.k == 1))
-        .order_by(inner.c.device, inner.c.ts),
+        select(pts.c.device, pts.c.ts, pts.c.value, per_hour.c.n)
+        .outerjoin(per_hour, and_(per_hour.c.device == pts.c.device, per_hour.c.first == pts.c.ts))
+        .where(or_(pts.c.ts < slots.end, per_hour.c.n.is_not(None)))
+        .order_by(pts.c.device, pts.c.ts),
     )
-    for device, ts, value, n, k in rows:
+    for device, ts, value, n in rows:
         cut = out[device]
         cut.points.append((ts, value))
-        if k == 1:
+        if n is not None:
             cut.counts[ts - ts % HOUR_MS] = n
     return out
 
