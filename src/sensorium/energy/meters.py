@@ -1141,7 +1141,10 @@ class _Walk:
         packed = b"".join(entry.hours for entry in entries)
         i, n = integrator.slots.index(entries[0].bucket), len(packed) // 8
         hours = struct.unpack(f"<{n}d", packed)
-        wh[i : i + n] = map(operator.add, wh[i : i + n], hours)
+        if any(wh[i : i + n]):
+            wh[i : i + n] = map(operator.add, wh[i : i + n], hours)
+        else:  # 0.0 + h is h (cached hours are never -0.0: they are sums from 0.0)
+            wh[i : i + n] = hours
         for entry in entries:
             self.to(entry.first_ts, entry.first_value)
             if entry.missing != "[]":

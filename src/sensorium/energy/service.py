@@ -358,9 +358,11 @@ async def scope_energy(
     cuts: Sequence[int],
     now_ms: int,
     cache: CacheEntries | None,
+    unmetered: bool = True,
 ) -> ScopeEnergy:
     """Every meter's energy, the scope's total (the mains meter when there is one, else the
-    sum of the meters) and, with a mains meter, the unmetered remainder (mains - subs)."""
+    sum of the meters) and, with a mains meter and `unmetered`, the unmetered remainder
+    (mains - subs; a summary's previous period does not show it)."""
     energies = await meters_energy(
         session,
         device_ids=[meter[0] for meter in scope.meters],
@@ -373,15 +375,17 @@ async def scope_energy(
     mains = [e for (_d, _n, role), e in meters if role == MAINS]
     subs = [e for (_d, _n, role), e in meters if role != MAINS]
     template = energies[0].slots.cuts if energies else Slots.over(cuts).cuts
-    sub_total = Slots.sum_of(template, [e.slots for e in subs])
+    remainder: Slots | None = None
     if mains:
-        total, unmetered, counted = mains[0].slots, mains[0].slots.merged(sub_total, -1.0), mains
+        total, counted = mains[0].slots, mains
+        if unmetered:
+            remainder = total.merged(Slots.sum_of(template, [e.slots for e in subs]), -1.0)
     else:
-        total, unmetered, counted = sub_total, None, subs
+        total, counted = Slots.sum_of(template, [e.slots for e in subs]), subs
     return ScopeEnergy(
         meters=meters,
         total=total,
-        unmetered=unmetered,
+        unmetered=remainder,
         missing=_union(m for e in counted for m in e.missing),
         estimated=any(e.estimated for _m, e in meters),
     )
@@ -666,7 +670,9 @@ async def summary(
     cur_cuts = make_cuts(start, max(at_ms, start + 1), tz, prices=prices, local_hours=True)
     prev_cuts = make_cuts(prev_start, max(prev_at, prev_start + 1), tz, prices=prices)
     current = await scope_energy(session, scope=scope, cuts=cur_cuts, now_ms=now_ms, cache=cache)
-    previous = await scope_energy(session, scope=scope, cuts=prev_cuts, now_ms=now_ms, cache=cache)
+    previous = await scope_energy(
+        session, scope=scope, cuts=prev_cuts, now_ms=now_ms, cache=cache, unmetered=False
+    )
     minutes = local_minutes(current.total.cuts, tz)
     per_slot = slot_prices(current.total, prices, tz, minutes)
     cur_fig = figures(current, scope, tz, prices, per_slot)
