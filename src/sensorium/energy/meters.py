@@ -370,25 +370,45 @@ async def _sources(
     return out
 
 
-def _within(
+def _branches(
     groups: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]]],
-    device: Any,
-    key_id: Any,
-    ts: Any,
-) -> Any:
-    """Rows of these (device, key id) pairs with `ts` in these [a, b) ranges, for each
-    (pairs, ranges) group. Each branch is `device IN (...) AND key_id = k AND a <= ts < b`,
-    one range scan of a (device, key_id, ..., ts) index: written as (device = d AND key_id
-    = k) OR ..., the planner scanned every device's rows of the key instead."""
-    branches = []
+) -> dict[str, Any]:
+    """The bound values of `_within(len(...))` for these (pairs, ranges) groups: per
+    branch the devices (w<i>d), the key (w<i>k) and the range [w<i>a, w<i>b)."""
+    params: dict[str, Any] = {}
+    i = 0
     for pairs, ranges in groups:
         by_key: dict[int, list[int]] = {}
         for d, k in pairs:
             by_key.setdefault(k, []).append(d)
         for k, devices in sorted(by_key.items()):
             for a, b in ranges:
-                branches.append(and_(device.in_(devices), key_id == k, ts >= a, ts < b))
-    return or_(*branches)
+                params.update({f"w{i}d": devices, f"w{i}k": k, f"w{i}a": a, f"w{i}b": b})
+                i += 1
+    return params
+
+
+def _within(branches: int, device: Any, key_id: Any, ts: Any) -> Any:
+    """Rows of some (device, key id) pairs with `ts` in some [a, b) ranges, in `branches`
+    branches bound by `_branches`. Each branch is `device IN (...) AND key_id = k AND a <=
+    ts < b`, one range scan of a (device, key_id, ..., ts) index: written as (device = d
+    AND key_id = k) OR ..., the planner scanned every device's rows of the key instead.
+    Statements are built once per shape (building them cost more than running them)."""
+    return or_(
+        *(
+            and_(
+                device.in_(bindparam(f"w{i}d", expanding=True)),
+                key_id == bindparam(f"w{i}k", type_=Integer),
+                ts >= bindparam(f"w{i}a", type_=BigInteger),
+                ts < bindparam(f"w{i}b", type_=BigInteger),
+            )
+            for i in range(branches)
+        )
+    )
+
+
+def _branch_count(params: dict[str, Any]) -> int:
+    return len(params) // 4
 
 
 def _groups(
@@ -402,28 +422,10 @@ def _groups(
     return [(group, list(ranges)) for ranges, group in by_spans.items()]
 
 
-async def _month_rows(
-    session: AsyncSession,
-    active: Sequence[tuple[int, int]],
-    months: Sequence[tuple[int, int]],
-    gap: int,
-) -> dict[int, list[Any]]:
-    """Per device, its `energy_months` rows of these UTC months that still match the
-    aggregate of the month's day rollups (how many, their count and sum, min and max),
-    in time order. A month whose readings changed is not returned: it is read day by
-    day (and hour by hour where its days changed) and built again."""
-    if not active or not months:
-        return {}
+@functools.lru_cache(maxsize=64)
+def _month_statement(branches: int) -> Any:
     m, r = EnergyMonth, Rollup
-    ranges: list[tuple[int, int]] = []
-    for a, b in months:
-        if ranges and ranges[-1][1] == a:
-            ranges[-1] = (ranges[-1][0], b)
-        else:
-            ranges.append((a, b))
-    starts = {a for a, _b in months}
-    rows = await _rows(
-        session,
+    return (
         select(
             m.device,
             m.month.label("bucket"),
@@ -446,7 +448,10 @@ async def _month_rows(
                 r.bucket < m.month_end,
             ),
         )
-        .where(_within([(active, ranges)], m.device, m.key_id, m.month), m.max_gap_ms == gap)
+        .where(
+            _within(branches, m.device, m.key_id, m.month),
+            m.max_gap_ms == bindparam("gap", type_=BigInteger),
+        )
         .group_by(m.device, m.key_id, m.month)
         .having(
             and_(
@@ -457,8 +462,31 @@ async def _month_rows(
                 func.abs(func.sum(r.vsum) - m.vsum) <= 1e-12 * (func.abs(m.vsum) + 1.0),
             )
         )
-        .order_by(m.device, m.month),
+        .order_by(m.device, m.month)
     )
+
+
+async def _month_rows(
+    session: AsyncSession,
+    active: Sequence[tuple[int, int]],
+    months: Sequence[tuple[int, int]],
+    gap: int,
+) -> dict[int, list[Any]]:
+    """Per device, its `energy_months` rows of these UTC months that still match the
+    aggregate of the month's day rollups (how many, their count and sum, min and max),
+    in time order. A month whose readings changed is not returned: it is read day by
+    day (and hour by hour where its days changed) and built again."""
+    if not active or not months:
+        return {}
+    ranges: list[tuple[int, int]] = []
+    for a, b in months:
+        if ranges and ranges[-1][1] == a:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+    starts = {a for a, _b in months}
+    params = _branches([(active, ranges)])
+    rows = await _rows(session, _month_statement(_branch_count(params)), {**params, "gap": gap})
     out: dict[int, list[Any]] = {}
     for row in rows:
         if row.bucket in starts:
@@ -466,24 +494,14 @@ async def _month_rows(
     return out
 
 
-async def _day_rows(
-    session: AsyncSession,
-    active: Sequence[tuple[int, int]],
-    spans: dict[int, list[tuple[int, int]]],
-    gap: int,
-) -> dict[int, list[Any]]:
-    """Per device, its day rollups in its spans (aligned days outside its cached months),
-    each with its `energy_days` figures when they were computed from exactly these
-    readings (else `hours` is None)."""
-    groups = _groups(active, spans)
-    if not groups:
-        return {}
+@functools.lru_cache(maxsize=64)
+def _day_statement(branches: int) -> Any:
     r, e = Rollup, EnergyDay
     valid = and_(
         e.device == r.device,
         e.key_id == r.key_id,
         e.day == r.bucket,
-        e.max_gap_ms == gap,
+        e.max_gap_ms == bindparam("gap", type_=BigInteger),
         e.n == r.n,
         e.first_ts == r.first_ts,
         e.last_ts == r.last_ts,
@@ -493,8 +511,7 @@ async def _day_rows(
         e.vmax == r.vmax,
         func.abs(e.vsum - r.vsum) <= 1e-9 * (func.abs(r.vsum) + 1.0),
     )
-    rows = await _rows(
-        session,
+    return (
         select(
             r.device,
             r.bucket,
@@ -512,16 +529,71 @@ async def _day_rows(
             e.estimated,
         )
         .outerjoin(e, valid)
-        .where(
-            r.grain == DAY_MS,
-            _within(groups, r.device, r.key_id, r.bucket),
-        )
-        .order_by(r.device, r.bucket),
+        .where(r.grain == DAY_MS, _within(branches, r.device, r.key_id, r.bucket))
+        .order_by(r.device, r.bucket)
     )
+
+
+async def _day_rows(
+    session: AsyncSession,
+    active: Sequence[tuple[int, int]],
+    spans: dict[int, list[tuple[int, int]]],
+    gap: int,
+) -> dict[int, list[Any]]:
+    """Per device, its day rollups in its spans (aligned days outside its cached months),
+    each with its `energy_days` figures when they were computed from exactly these
+    readings (else `hours` is None)."""
+    groups = _groups(active, spans)
+    if not groups:
+        return {}
+    params = _branches(groups)
+    rows = await _rows(session, _day_statement(_branch_count(params)), {**params, "gap": gap})
     out: dict[int, list[Any]] = {}
     for row in rows:
         out.setdefault(row.device, []).append(row)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _hour_statement(branches: int) -> Any:
+    r, e = Rollup, EnergyHour
+    # A cached hour is used only when it was computed from exactly the readings the
+    # hour's rollup now describes (checked here, like the days).
+    valid = and_(
+        e.device == r.device,
+        e.key_id == r.key_id,
+        e.hour == r.bucket,
+        e.max_gap_ms == bindparam("gap", type_=BigInteger),
+        e.n == r.n,
+        e.first_ts == r.first_ts,
+        e.last_ts == r.last_ts,
+        e.first_value == r.first_value,
+        e.last_value == r.last_value,
+        e.vmin == r.vmin,
+        e.vmax == r.vmax,
+        func.abs(e.vsum - r.vsum) <= 1e-9 * (func.abs(r.vsum) + 1.0),
+    )
+    return (
+        select(
+            r.device,
+            r.bucket,
+            r.n,
+            r.vsum,
+            r.vmin,
+            r.vmax,
+            r.first_ts,
+            r.first_value,
+            r.last_ts,
+            r.last_value,
+            e.wh,
+            # As text: nearly every hour's is "[]", which needs no JSON decoding.
+            cast(e.missing, String).label("missing"),
+            e.estimated,
+        )
+        .outerjoin(e, valid)
+        .where(r.grain == HOUR_MS, _within(branches, r.device, r.key_id, r.bucket))
+        .order_by(r.device, r.bucket)
+    )
 
 
 async def _hour_rows(
@@ -537,46 +609,11 @@ async def _hour_rows(
     if not groups:
         return {}, {}
 
-    r, e = Rollup, EnergyHour
-    # A cached hour is used only when it was computed from exactly the readings the
-    # hour's rollup now describes (checked here, like the days).
-    valid = and_(
-        e.device == r.device,
-        e.key_id == r.key_id,
-        e.hour == r.bucket,
-        e.max_gap_ms == gap,
-        e.n == r.n,
-        e.first_ts == r.first_ts,
-        e.last_ts == r.last_ts,
-        e.first_value == r.first_value,
-        e.last_value == r.last_value,
-        e.vmin == r.vmin,
-        e.vmax == r.vmax,
-        func.abs(e.vsum - r.vsum) <= 1e-9 * (func.abs(r.vsum) + 1.0),
-    )
+    params = _branches(groups)
     hours: dict[int, list[Any]] = {}
     cached: dict[int, dict[int, Any]] = {}
-    for row in await _rows(
-        session,
-        select(
-            r.device,
-            r.bucket,
-            r.n,
-            r.vsum,
-            r.vmin,
-            r.vmax,
-            r.first_ts,
-            r.first_value,
-            r.last_ts,
-            r.last_value,
-            e.wh,
-            e.missing,
-            e.estimated,
-        )
-        .outerjoin(e, valid)
-        .where(r.grain == HOUR_MS, _within(groups, r.device, r.key_id, r.bucket))
-        .order_by(r.device, r.bucket),
-    ):
+    statement = _hour_statement(_branch_count(params))
+    for row in await _rows(session, statement, {**params, "gap": gap}):
         hours.setdefault(row.device, []).append(row)
         if row.wh is not None:
             cached.setdefault(row.device, {})[row.bucket] = row
@@ -596,6 +633,30 @@ class _CutPoints:
 
     points: list[tuple[int, float]] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=64)
+def _cut_statement(branches: int) -> Any:
+    # The points once (a CTE), each hour's count and first point from them, and the
+    # points before the end or first in their hour.
+    pts = (
+        select(Series.device.label("device"), Point.ts.label("ts"), Point.value.label("value"))
+        .join(Series, Series.id == Point.series)
+        .where(_within(branches, Series.device, Series.key_id, Point.ts))
+        .cte("pts")
+    )
+    hour = pts.c.ts - pts.c.ts % HOUR_MS
+    per_hour = (
+        select(pts.c.device, func.min(pts.c.ts).label("first"), func.count().label("n"))
+        .group_by(pts.c.device, hour)
+        .subquery()
+    )
+    return (
+        select(pts.c.device, pts.c.ts, pts.c.value, per_hour.c.n)
+        .outerjoin(per_hour, and_(per_hour.c.device == pts.c.device, per_hour.c.first == pts.c.ts))
+        .where(or_(pts.c.ts < bindparam("end", type_=BigInteger), per_hour.c.n.is_not(None)))
+        .order_by(pts.c.device, pts.c.ts)
+    )
 
 
 async def _cut_hour_points(
@@ -627,34 +688,11 @@ async def _cut_hour_points(
     if not runs or count > CUT_HOURS_AT_ONCE:
         return {}
     key_of = dict(active)
-    wanted = _within(
-        [([(d, key_of[d]) for d in devices], [run]) for run, devices in runs.items()],
-        Series.device,
-        Series.key_id,
-        Point.ts,
-    )
-    # The points once (a CTE), each hour's count and first point from them, and the points
-    # before the end or first in their hour.
-    pts = (
-        select(Series.device.label("device"), Point.ts.label("ts"), Point.value.label("value"))
-        .join(Series, Series.id == Point.series)
-        .where(wanted)
-        .cte("pts")
-    )
-    hour = pts.c.ts - pts.c.ts % HOUR_MS
-    per_hour = (
-        select(pts.c.device, func.min(pts.c.ts).label("first"), func.count().label("n"))
-        .group_by(pts.c.device, hour)
-        .subquery()
+    params = _branches(
+        [([(d, key_of[d]) for d in devices], [run]) for run, devices in runs.items()]
     )
     out = {d: _CutPoints() for devices in runs.values() for d in devices}
-    rows = await _rows(
-        session,
-        select(pts.c.device, pts.c.ts, pts.c.value, per_hour.c.n)
-        .outerjoin(per_hour, and_(per_hour.c.device == pts.c.device, per_hour.c.first == pts.c.ts))
-        .where(or_(pts.c.ts < slots.end, per_hour.c.n.is_not(None)))
-        .order_by(pts.c.device, pts.c.ts),
-    )
+    rows = await _rows(session, _cut_statement(_branch_count(params)), {**params, "end": slots.end})
     for device, ts, value, n in rows:
         cut = out[device]
         cut.points.append((ts, value))
@@ -793,7 +831,7 @@ async def _integrate(
                 (it.first_ts, it.first_value),
                 (it.last_ts, it.last_value),
                 entry.wh,
-                [(a, b) for a, b in entry.missing],
+                json.loads(entry.missing) if entry.missing != "[]" else [],
                 entry.estimated,
                 it.bucket,
                 it.n,
