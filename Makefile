@@ -10,8 +10,12 @@ STAMP := $(VENV)/.installed
 TMP_DB := $(shell mktemp -u /tmp/sensorium-check-XXXXXX).db
 # pytest exits 5 when it collected nothing; a filter that matches nothing is not a failure.
 PYTEST = rc=0; $(PY) -m pytest -W error $(PYTEST_ARGS) $(1) || rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+# `make test` runs the suite in this many processes (pytest-xdist). Most tests wait on a
+# broker, a browser, a subprocess or the database, so 2 cores keep 4 of them busy.
+TEST_WORKERS ?= 4
+comma := ,
 
-.PHONY: help install mosquitto chromium nodejs redis demo serve test lint fmt typecheck migrations-check test-sqlite test-postgresql bench clean
+.PHONY: help install mosquitto chromium nodejs redis demo serve test lint fmt typecheck migrations-check test-suite test-sqlite test-postgresql bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,7 +46,7 @@ demo: install ## Migrate an SQLite database and start the server with a demo log
 serve: install ## Start the server (configure with SENSORIUM_* variables)
 	$(VENV)/bin/sensorium serve
 
-test: install chromium nodejs redis lint typecheck migrations-check test-sqlite test-postgresql ## Everything CI checks
+test: install chromium nodejs redis lint typecheck migrations-check test-suite ## Everything CI checks
 
 # The live-bus tests start their own redis-server (two API processes share events through it).
 redis:
@@ -83,6 +87,11 @@ migrations-check: install ## alembic check: models and migrations agree (fresh S
 	SENSORIUM_DATABASE_URL=sqlite+aiosqlite:///$(TMP_DB) $(VENV)/bin/alembic upgrade head
 	SENSORIUM_DATABASE_URL=sqlite+aiosqlite:///$(TMP_DB) $(VENV)/bin/alembic check
 	rm -f $(TMP_DB) $(TMP_DB)-wal $(TMP_DB)-shm
+
+# One pytest run for both backends: a test that uses the database runs on each (its id ends
+# in [sqlite] or [postgresql]), the others once; xdist spreads them over TEST_WORKERS.
+test-suite: install ## pytest on SQLite and PostgreSQL, in parallel
+	@$(call PYTEST,--db=sqlite$(comma)postgresql -n $(TEST_WORKERS) --dist worksteal)
 
 test-sqlite: install ## pytest on SQLite
 	@$(call PYTEST,--db=sqlite)

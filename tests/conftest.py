@@ -1,7 +1,8 @@
 """Shared fixtures: a migrated database (SQLite or PostgreSQL), the app, and API helpers.
 
-Run on PostgreSQL with `pytest --db=postgresql`; the suite creates and drops its own
-database on the server at SENSORIUM_TEST_POSTGRES_URL (default: local, user postgres).
+Run on PostgreSQL with `pytest --db=postgresql`, on both with `--db=sqlite,postgresql`. The
+suite creates and drops its own database on the server at SENSORIUM_TEST_POSTGRES_URL
+(default: local, user postgres).
 """
 
 from __future__ import annotations
@@ -31,13 +32,46 @@ POSTGRES_ADMIN_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--db",
-        choices=("sqlite", "postgresql"),
         default="sqlite",
-        help="database backend the suite runs against",
+        help=(
+            "database backend(s) the suite runs against: sqlite, postgresql, or both as "
+            "sqlite,postgresql (what `make test` does). A test that uses the database, i.e. "
+            "requests `db_backend` directly or through `database_url`, runs once per backend, "
+            "its id ending in [sqlite] or [postgresql]; the others run once."
+        ),
     )
+
+
+def _backends(config: pytest.Config) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in str(config.getoption("--db")).split(",")))
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise pytest.UsageError(f"--db: expected one or more of {', '.join(BACKENDS)}")
+    return names
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _backends(config)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "db_backend", _backends(metafunc.config), indirect=True, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The backend under test ("sqlite" or "postgresql"), for tests that make their own database."""
+    backend: str = request.param
+    return backend
 
 
 async def _admin_execute(statement: str) -> None:
@@ -50,11 +84,8 @@ async def _admin_execute(statement: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    backend = request.config.getoption("--db")
-    if backend == "sqlite":
+def database_url(db_backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if db_backend == "sqlite":
         path = tmp_path_factory.mktemp("db") / "sensorium.db"
         url = f"sqlite+aiosqlite:///{path}"
         migrate.upgrade(url)

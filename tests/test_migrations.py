@@ -28,11 +28,9 @@ def test_migrating_again_is_a_no_op(database_url: str) -> None:
 
 
 @pytest.fixture
-def scratch_url(
-    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
-) -> Iterator[str]:
+def scratch_url(db_backend: str, tmp_path: Path, runner: asyncio.Runner) -> Iterator[str]:
     """An empty database of the kind under test, for migrating step by step."""
-    if request.config.getoption("--db") == "sqlite":
+    if db_backend == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
         return
     name = f"sensorium_mig_{secrets.token_hex(4)}"

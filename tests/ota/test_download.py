@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 
+from sensorium.api.app import create_app
 from sensorium.config import Settings
-from tests.helpers import Account, Api, RegisteredDevice, running_client, serving
+from tests.helpers import Account, Api, RegisteredDevice, serving
 from tests.ota.conftest import assignment, image, rollout, status, uploaded
 
 DATA = image(1_500_000, seed=7)
@@ -94,26 +95,23 @@ async def test_only_the_assigned_device_downloads(api: Api) -> None:
 async def test_a_download_cut_in_the_middle_resumes_with_range(settings: Settings) -> None:
     """Acceptance 2, over a real socket: the device's connection drops after part of the
     image; it asks for the rest with Range and If-Range and ends with the same SHA-256."""
-    async with running_client(settings) as client:
-        api = Api(client)
-        _owner, device, found = await _assigned(api)
-        app = client.app  # type: ignore[attr-defined]
-        async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
-            received = bytearray()
-            async with http.stream("GET", found["url"], headers=device.headers) as r:
-                assert r.status_code == 200
-                etag = r.headers["etag"]
-                async for chunk in r.aiter_raw():
-                    received += chunk
-                    if len(received) >= 400_000:
-                        break  # leaving the block closes the connection mid-body
-            assert 400_000 <= len(received) < len(DATA)
-            headers = {**device.headers, "Range": f"bytes={len(received)}-", "If-Range": etag}
-            r = await http.get(found["url"], headers=headers)
-            assert r.status_code == 206
-            assert r.headers["content-range"] == (
-                f"bytes {len(received)}-{len(DATA) - 1}/{len(DATA)}"
-            )
-            received += r.content
+    # One app, started once: by the server (a second lifespan over the same app would
+    # leave the first one's background tasks running past the test).
+    async with serving(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as http:
+        _owner, device, found = await _assigned(Api(http))
+        received = bytearray()
+        async with http.stream("GET", found["url"], headers=device.headers) as r:
+            assert r.status_code == 200
+            etag = r.headers["etag"]
+            async for chunk in r.aiter_raw():
+                received += chunk
+                if len(received) >= 400_000:
+                    break  # leaving the block closes the connection mid-body
+        assert 400_000 <= len(received) < len(DATA)
+        headers = {**device.headers, "Range": f"bytes={len(received)}-", "If-Range": etag}
+        r = await http.get(found["url"], headers=headers)
+        assert r.status_code == 206
+        assert r.headers["content-range"] == (f"bytes {len(received)}-{len(DATA) - 1}/{len(DATA)}")
+        received += r.content
         assert len(received) == found["size"]
         assert hashlib.sha256(received).hexdigest() == found["sha256"]

@@ -299,8 +299,10 @@ async def test_a_rollout_to_three_simulated_devices_ends_updated_with_the_new_ve
         run = asyncio.create_task(simulate(options, Console(file=out, width=140)))
 
         async def listed() -> list[str]:
+            # All three or nothing: the simulator registers them one after another.
             r = await client.get("/api/v1/devices", headers=auth(owner))
-            return [d["id"] for d in r.json()["items"]]
+            found = [d["id"] for d in r.json()["items"]]
+            return found if len(found) >= 3 else []
 
         ids: list[str] = await wait_for(lambda: listed(), timeout_s=20)
         assert len(ids) == 3

@@ -288,7 +288,7 @@ def test_raw_points_gone_after_retention_the_rollups_still_answer(
 
 
 def test_the_migration_builds_rollups_for_points_stored_before_it(
-    request: pytest.FixtureRequest, tmp_path: Any, runner: asyncio.Runner
+    db_backend: str, tmp_path: Any, runner: asyncio.Runner
 ) -> None:
     import secrets
 
@@ -298,7 +298,7 @@ def test_the_migration_builds_rollups_for_points_stored_before_it(
     from sensorium import migrate
     from tests.conftest import POSTGRES_ADMIN_URL, _admin_execute
 
-    if request.config.getoption("--db") == "sqlite":
+    if db_backend == "sqlite":
         url, name = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}", ""
     else:
         name = f"sensorium_mig_{secrets.token_hex(4)}"
