@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # 0: group commit only (measured: live latency p50 4-11 ms instead of 50-65 ms, no loss
     # of throughput); a linger saves CPU at low rates at the cost of latency.
     worker_max_linger_ms: int = Field(0, ge=0, le=1000)
+    # The worker's writer lanes (see writer_lanes; PostgreSQL only): its batches come from
+    # a whole fleet, and two transactions at once keep PostgreSQL and the worker busy
+    # while the other waits (docs/benchmarks.md, "MQTT ingest", session 3).
+    worker_writer_lanes: int = Field(2, ge=1, le=8)
 
     # Redis for the live bus (and shared rate limits) when several processes run.
     redis_url: str = ""

@@ -126,6 +126,7 @@ class BatchWriter:
         settings: Settings,
         *,
         linger_ms: int,
+        lanes: int | None = None,
         bus: LiveBus | None = None,
         transport: str | None = None,
         on_online: Callable[[list[str]], None] | None = None,
@@ -137,7 +138,9 @@ class BatchWriter:
             max_linger_s=linger_ms / 1000,
             queue_size=settings.writer_queue_size,
             # SQLite has one writer at a time: a second lane would only wait for the lock.
-            lanes=1 if settings.database_url.startswith("sqlite") else settings.writer_lanes,
+            lanes=1
+            if settings.database_url.startswith("sqlite")
+            else lanes or settings.writer_lanes,
             bus=bus,
             transport=transport,
             on_online=on_online,

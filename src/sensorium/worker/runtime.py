@@ -148,6 +148,7 @@ class MqttServices:
                 sessions,
                 settings,
                 linger_ms=settings.worker_max_linger_ms,
+                lanes=settings.worker_writer_lanes,
                 bus=bus,
                 transport="mqtt",
                 on_online=self._came_online,
