@@ -118,6 +118,8 @@ class BatchWriter:
         self._key_ids: dict[str, int] = {}
         self._series = series.Cache()
         self._tasks: list[asyncio.Task[None]] = []
+        # False once any lane's task has ended (checked per document: no generator).
+        self._alive = False
 
     @classmethod
     def from_settings(
@@ -152,6 +154,9 @@ class BatchWriter:
                 asyncio.create_task(self._run(queue), name=f"sensorium-batch-writer-{i}")
                 for i, queue in enumerate(self._queues)
             ]
+            self._alive = True
+            for task in self._tasks:
+                task.add_done_callback(self._lane_ended)
 
     async def stop(self) -> None:
         """Write everything already queued, then stop."""
@@ -161,6 +166,7 @@ class BatchWriter:
             await queue.put(None)
         await asyncio.gather(*self._tasks)
         self._tasks = []
+        self._alive = False
 
     def submit(self, device_id: str, readings: Sequence[Reading]) -> asyncio.Future[int]:
         """Queue one document; the future resolves to its reading count once committed."""
@@ -188,8 +194,11 @@ class BatchWriter:
         except asyncio.QueueFull:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
 
+    def _lane_ended(self, _task: asyncio.Task[None]) -> None:
+        self._alive = False
+
     def _running(self) -> bool:
-        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+        return self._alive
 
     def _queue_of(self, device_id: str) -> asyncio.Queue[_Job | None]:
         queues = self._queues
@@ -205,7 +214,10 @@ class BatchWriter:
 
     def full(self) -> bool:
         """Some lane's queue is full (the next document may be for it)."""
-        return any(queue.full() for queue in self._queues)
+        for queue in self._queues:  # noqa: SIM110 (per message: no generator)
+            if queue.full():
+                return True
+        return False
 
     async def wait_for_room(self) -> None:
         """Until `submit` would not be refused for a full queue (MQTT ingest waits here
