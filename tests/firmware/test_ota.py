@@ -382,6 +382,7 @@ async def test_a_tampered_image_or_another_key_fails_and_the_old_version_runs_on
             params={"wait": "10"},
             json={"name": "ping", "params": {}, "timeout_s": 30},
             headers=owner.headers,
+            timeout=20,  # more than `wait`: the server holds the request up to 10 s
         )
         assert r.json()["status"] == "succeeded", r.text
     finally:

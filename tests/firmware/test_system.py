@@ -63,6 +63,7 @@ async def command(
         params={"wait": "10"},
         json={"name": name, "params": params or {}, "timeout_s": 30},
         headers=device.owner.headers,
+        timeout=20,  # the server holds the request up to `wait` (10 s): more than httpx's 5
     )
     assert r.status_code in (200, 202), r.text
     body: dict[str, Any] = r.json()
@@ -184,7 +185,10 @@ async def test_a_broker_restart_is_buffered_and_backfilled_with_the_original_tim
     assert len(during) >= buffered - 1
     times = [ts for ts, _value in stored]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(800 <= gap <= 1300 for gap in gaps), gaps
+    # Stamped at the backfill they would be milliseconds apart. The bounds leave room for
+    # a loaded machine (the suite runs in parallel), which delays a measurement now and
+    # then: 669 ms after a late one was seen.
+    assert all(400 <= gap <= 2000 for gap in gaps), gaps
 
 
 async def test_without_the_broker_it_falls_back_to_http_and_returns_to_mqtt(

@@ -70,6 +70,7 @@ async def command(
         params={"wait": "10"},
         json={"name": name, "params": params or {}, "timeout_s": 30},
         headers=owner.headers,
+        timeout=20,  # more than `wait`: the server holds the request up to 10 s
     )
     assert r.status_code in (200, 202), r.text
     body: dict[str, Any] = r.json()

@@ -582,13 +582,23 @@
       list.replaceChildren(...history.map(item));
       empty.hidden = history.length > 0;
     }
+    const reported = (job) => Date.parse(job.updated_at || job.assigned_at || "") || 0;
     async function reload() {
-      try { history = (await call("GET", `/api/v1/devices/${deviceId}/ota/jobs`)).items; render(); } catch { /* the stream retries */ }
+      try {
+        const fresh = (await call("GET", `/api/v1/devices/${deviceId}/ota/jobs`)).items;
+        // A live event that overtook this request is newer than what it brought: keep it.
+        history = fresh.map((job) => {
+          const known = history.find((h) => h.rollout_id === job.rollout_id);
+          return known && reported(known) > reported(job) ? known : job;
+        });
+        render();
+      } catch { /* the stream retries */ }
     }
     render();
     const source = new EventSource(`/api/v1/devices/${deviceId}/events`);
-    let opened = false;
-    source.addEventListener("open", () => { if (opened) reload(); opened = true; });  // a gap: fetch again
+    // Every open, the first one too: what changed between the page's render and the
+    // subscription (or while the stream was down) is only in a fresh read.
+    source.addEventListener("open", reload);
     source.addEventListener("ota", (m) => {
       const job = JSON.parse(m.data).job;
       const known = history.find((h) => h.rollout_id === job.rollout_id);
