@@ -10,9 +10,10 @@ STAMP := $(VENV)/.installed
 TMP_DB := $(shell mktemp -u /tmp/sensorium-check-XXXXXX).db
 # pytest exits 5 when it collected nothing; a filter that matches nothing is not a failure.
 PYTEST = rc=0; $(PY) -m pytest -W error $(PYTEST_ARGS) $(1) || rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
-# `make test` runs the suite in this many processes (pytest-xdist). Most tests wait on a
-# broker, a browser, a subprocess or the database, so 2 cores keep 4 of them busy.
-TEST_WORKERS ?= 4
+# `make test` runs the suite in this many processes (pytest-xdist). Alone, a test process
+# keeps ~0.6 of a core busy (the rest it waits on a broker, a browser, a subprocess or the
+# database): 3 fill 2 cores; a 4th added no speed, only delays to timing-bound tests.
+TEST_WORKERS ?= 3
 comma := ,
 
 .PHONY: help install mosquitto chromium nodejs redis demo serve test lint fmt typecheck migrations-check test-suite test-sqlite test-postgresql bench clean
