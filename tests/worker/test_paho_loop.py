@@ -16,17 +16,9 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from sensorium.worker import paho_loop, paho_speedups
 from sensorium.worker.paho_loop import LoopDriver, Message, PacketReader
+from tests.worker.test_paho_speedups import _varint
 
 paho_decode = paho_speedups._original_decode
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 @st.composite
