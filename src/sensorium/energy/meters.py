@@ -507,13 +507,23 @@ async def _month_rows(
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _day_statement(branches: int) -> Any:
-    r, e = Rollup, EnergyDay
+@functools.lru_cache(maxsize=128)
+def _cached_rollups_statement(grain: int, branches: int) -> Any:
+    """The hour or day rollups (`grain`) in the branches' ranges, each joined with its
+    cached figures (`energy_hours.wh` / `energy_days.hours`, with `missing` and
+    `estimated`) only when they were computed from exactly the readings the rollup now
+    describes."""
+    r = Rollup
+    e: Any
+    e, bucket, figures = (
+        (EnergyDay, EnergyDay.day, EnergyDay.hours)
+        if grain == DAY_MS
+        else (EnergyHour, EnergyHour.hour, EnergyHour.wh)
+    )
     valid = and_(
         e.device == r.device,
         e.key_id == r.key_id,
-        e.day == r.bucket,
+        bucket == r.bucket,
         e.max_gap_ms == bindparam("gap", type_=BigInteger),
         e.n == r.n,
         e.first_ts == r.first_ts,
@@ -536,13 +546,13 @@ def _day_statement(branches: int) -> Any:
             r.first_value,
             r.last_ts,
             r.last_value,
-            e.hours,
-            # As text: nearly every day's is "[]", which needs no JSON decoding.
+            figures,
+            # As text: nearly every hour's and day's is "[]", which needs no JSON decoding.
             cast(e.missing, String).label("missing"),
             e.estimated,
         )
         .outerjoin(e, valid)
-        .where(r.grain == DAY_MS, _within(branches, r.device, r.key_id, r.bucket))
+        .where(r.grain == grain, _within(branches, r.device, r.key_id, r.bucket))
         .order_by(r.device, r.bucket)
     )
 
@@ -560,53 +570,12 @@ async def _day_rows(
     if not groups:
         return {}
     params = _branches(groups)
-    rows = await _rows(session, _day_statement(_branch_count(params)), {**params, "gap": gap})
+    statement = _cached_rollups_statement(DAY_MS, _branch_count(params))
+    rows = await _rows(session, statement, {**params, "gap": gap})
     out: dict[int, list[Any]] = {}
     for row in rows:
         out.setdefault(row.device, []).append(row)
     return out
-
-
-@functools.lru_cache(maxsize=64)
-def _hour_statement(branches: int) -> Any:
-    r, e = Rollup, EnergyHour
-    # A cached hour is used only when it was computed from exactly the readings the
-    # hour's rollup now describes (checked here, like the days).
-    valid = and_(
-        e.device == r.device,
-        e.key_id == r.key_id,
-        e.hour == r.bucket,
-        e.max_gap_ms == bindparam("gap", type_=BigInteger),
-        e.n == r.n,
-        e.first_ts == r.first_ts,
-        e.last_ts == r.last_ts,
-        e.first_value == r.first_value,
-        e.last_value == r.last_value,
-        e.vmin == r.vmin,
-        e.vmax == r.vmax,
-        func.abs(e.vsum - r.vsum) <= 1e-9 * (func.abs(r.vsum) + 1.0),
-    )
-    return (
-        select(
-            r.device,
-            r.bucket,
-            r.n,
-            r.vsum,
-            r.vmin,
-            r.vmax,
-            r.first_ts,
-            r.first_value,
-            r.last_ts,
-            r.last_value,
-            e.wh,
-            # As text: nearly every hour's is "[]", which needs no JSON decoding.
-            cast(e.missing, String).label("missing"),
-            e.estimated,
-        )
-        .outerjoin(e, valid)
-        .where(r.grain == HOUR_MS, _within(branches, r.device, r.key_id, r.bucket))
-        .order_by(r.device, r.bucket)
-    )
 
 
 async def _hour_rows(
@@ -625,7 +594,7 @@ async def _hour_rows(
     params = _branches(groups)
     hours: dict[int, list[Any]] = {}
     cached: dict[int, dict[int, Any]] = {}
-    statement = _hour_statement(_branch_count(params))
+    statement = _cached_rollups_statement(HOUR_MS, _branch_count(params))
     for row in await _rows(session, statement, {**params, "gap": gap}):
         hours.setdefault(row.device, []).append(row)
         if row.wh is not None:
