@@ -69,16 +69,21 @@ async def test_concurrent_documents_are_group_committed(env: Any) -> None:
     assert flushes < 10
 
 
-async def test_a_failing_document_does_not_take_others_down(env: Any) -> None:
-    writer = BatchWriter(env, offline_after_s=60)
+def _poison(writer: BatchWriter, device_id: str) -> None:
+    """Make every batch holding `device_id`'s points fail to store."""
     original = writer._store
 
     async def poisoned(session: Any, points: dict[Any, float], owners: dict[Any, Any]) -> None:
-        if any(owners[key[0]][0] == mac_to_int("020000000001") for key in points):
+        if any(owners[key[0]][0] == mac_to_int(device_id) for key in points):
             raise RuntimeError("disk on fire")
         await original(session, points, owners)
 
     writer._store = poisoned  # type: ignore[method-assign]
+
+
+async def test_a_failing_document_does_not_take_others_down(env: Any) -> None:
+    writer = BatchWriter(env, offline_after_s=60)
+    _poison(writer, "020000000001")
     await writer.start()
     good = writer.submit("020000000000", readings(5))
     bad = writer.submit("020000000001", readings(5))
@@ -101,14 +106,7 @@ async def test_enqueued_documents_are_answered_once_through_their_callbacks(env:
     """MQTT ingest's way in: a callback per document instead of a future, called once with
     the count or the error, next to documents with futures, a failure isolated the same."""
     writer = BatchWriter(env, offline_after_s=60)
-    original = writer._store
-
-    async def poisoned(session: Any, points: dict[Any, float], owners: dict[Any, Any]) -> None:
-        if any(owners[key[0]][0] == mac_to_int("020000000001") for key in points):
-            raise RuntimeError("disk on fire")
-        await original(session, points, owners)
-
-    writer._store = poisoned  # type: ignore[method-assign]
+    _poison(writer, "020000000001")
     outcomes: dict[str, list[int | BaseException]] = {}
 
     def record(name: str) -> Any:

@@ -50,14 +50,9 @@ class FakeWriter:
         return values
 
 
-def _message(mid: int) -> Message:
-    payload = orjson.dumps({"ts": 1_700_000_000_000 + mid, "values": {"t": float(mid)}})
-    return Message(f"devices/{DEVICE}/telemetry", payload, mid, 1, False)
-
-
-async def test_a_full_writer_holds_the_rest_in_order_and_acks_follow_the_commits() -> None:
-    writer = FakeWriter(room=10)
-    ingest = MqttIngest(
+def _ingest(writer: FakeWriter) -> MqttIngest:
+    """An ingest over `writer`, with no broker connection and no database."""
+    return MqttIngest(
         MqttEndpoint("127.0.0.1", 1, "worker", "x"),
         client_id="test",
         writer=writer,  # type: ignore[arg-type]
@@ -66,6 +61,16 @@ async def test_a_full_writer_holds_the_rest_in_order_and_acks_follow_the_commits
         offline_after_s=60,
         session_expiry_s=60,
     )
+
+
+def _message(mid: int) -> Message:
+    payload = orjson.dumps({"ts": 1_700_000_000_000 + mid, "values": {"t": float(mid)}})
+    return Message(f"devices/{DEVICE}/telemetry", payload, mid, 1, False)
+
+
+async def test_a_full_writer_holds_the_rest_in_order_and_acks_follow_the_commits() -> None:
+    writer = FakeWriter(room=10)
+    ingest = _ingest(writer)
     acked: list[int] = []
     ingest._acks._send = lambda mid, _qos, _gen: acked.append(mid)
     ingest._consumer = asyncio.create_task(ingest._drain_held())
@@ -97,15 +102,7 @@ async def test_a_full_writer_holds_the_rest_in_order_and_acks_follow_the_commits
 
 async def test_acks_of_a_closed_connection_are_never_sent() -> None:
     writer = FakeWriter(room=100)
-    ingest = MqttIngest(
-        MqttEndpoint("127.0.0.1", 1, "worker", "x"),
-        client_id="test",
-        writer=writer,  # type: ignore[arg-type]
-        sessions=None,  # type: ignore[arg-type]
-        retention_days=100_000,
-        offline_after_s=60,
-        session_expiry_s=60,
-    )
+    ingest = _ingest(writer)
     sent: list[int] = []
 
     class Driver:

@@ -170,13 +170,8 @@ class BatchWriter:
 
     def submit(self, device_id: str, readings: Sequence[Reading]) -> asyncio.Future[int]:
         """Queue one document; the future resolves to its reading count once committed."""
-        if not self._running():
-            raise WriterOverloaded("the writer is not running")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue_of(device_id).put_nowait(_Job(device_id, readings, future))
-        except asyncio.QueueFull:
-            raise WriterOverloaded("ingest queue is full; retry shortly") from None
+        self._put(_Job(device_id, readings, future))
         return future
 
     def enqueue(
@@ -187,18 +182,18 @@ class BatchWriter:
     ) -> None:
         """Queue one document; `done` is called, once, with its reading count once committed
         or with the error that refused it (in the writer's task, before the next batch)."""
-        if not self._running():
+        self._put(_Job(device_id, readings, None, done))
+
+    def _put(self, job: _Job) -> None:
+        if not self._alive:
             raise WriterOverloaded("the writer is not running")
         try:
-            self._queue_of(device_id).put_nowait(_Job(device_id, readings, None, done))
+            self._queue_of(job.device_id).put_nowait(job)
         except asyncio.QueueFull:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
 
     def _lane_ended(self, _task: asyncio.Task[None]) -> None:
         self._alive = False
-
-    def _running(self) -> bool:
-        return self._alive
 
     def _queue_of(self, device_id: str) -> asyncio.Queue[_Job | None]:
         queues = self._queues
