@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium import __version__, migrate
-from sensorium.aio import cancel_and_wait
+from sensorium.aio import cancel_and_wait, freeze_startup_objects
 from sensorium.api.app import create_app
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker.endpoint import parse_mqtt_url
@@ -361,13 +361,12 @@ def worker(
             loop.add_signal_handler(sig, stop.set)
         try:
             await services.start()
-            # Everything made so far (modules, the app's objects) lives as long as the
-            # process: the cyclic GC need not walk it again at every full collection, and
-            # it collects the young generation 14x less often. Each message makes ~15
-            # tracked objects; with the defaults GC took about half of the receive path's
-            # CPU (18.8 -> 8.7 us per single-reading message in process; docs/benchmarks.md,
-            # "MQTT ingest", session 3).
-            gc.freeze()
+            # Everything made so far is frozen out of the cyclic GC, and it collects the
+            # young generation 14x less often. Each message makes ~15 tracked objects;
+            # with the defaults GC took about half of the receive path's CPU (18.8 -> 8.7
+            # us per single-reading message in process; docs/benchmarks.md, "MQTT ingest",
+            # session 3).
+            freeze_startup_objects()
             gc.set_threshold(10_000, 20, 100)
             console.print(f"worker [bold]{name}[/] ingesting from {settings.mqtt_url}")
             await stop.wait()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from sensorium import __version__
+from sensorium.aio import freeze_startup_objects
 from sensorium.alerts.router import router as alerts_router
 from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep
@@ -83,22 +83,6 @@ def build_context(settings: Settings) -> AppContext:
     )
 
 
-_startup_frozen = False
-
-
-def _freeze_startup_objects() -> None:
-    """Everything built before the first app starts lives as long as the process: keep it
-    out of the cyclic collector, whose full passes over it stalled every request for ~50 ms.
-    Once per process: an app started after another (the test suite builds hundreds) would
-    otherwise freeze the earlier ones' leftovers for ever, and pay a full collection."""
-    global _startup_frozen
-    if _startup_frozen:
-        return
-    _startup_frozen = True
-    gc.collect()
-    gc.freeze()
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -143,7 +127,7 @@ def create_app(
         running = True
         await ctx.bus.start()
         await ctx.writer.start()
-        _freeze_startup_objects()
+        freeze_startup_objects()
         if downlink is not None:
             await downlink.start()
         if mqtt is not None:
