@@ -52,3 +52,35 @@ def test_keygen_makes_a_private_key_only_its_owner_reads_and_prints_the_public_k
     digest = hashlib.sha256(b"image").digest()
     device_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(printed))
     device_key.verify(base64.b64decode(keys.sign(digest)), digest)
+
+
+def test_processes_sharing_a_data_directory_in_dev_mode_agree_on_one_key(tmp_path: Path) -> None:
+    """Two `sensorium api` processes started at once on one data directory both found no
+    key; the second crashed on the file the first had just made (seen in the suite)."""
+    import threading
+
+    from sensorium.ota.signing import DEV_KEY_NAME
+
+    settings = Settings(data_dir=tmp_path, secret_key="k" * 8 + "x9Q2" * 8)
+    barrier = threading.Barrier(8)
+    keys: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            public = OtaKeys.from_settings(settings).public
+            keys.append(public.public_bytes_raw())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(keys) == 8
+    assert len(set(keys)) == 1
+    assert (tmp_path / DEV_KEY_NAME).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left

@@ -13,6 +13,7 @@ import binascii
 import logging
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,16 @@ def generate_key_files(path: Path) -> Ed25519PublicKey:
         serialization.NoEncryption(),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: an existing key (and every device flashed with its public half) is kept.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
+    # Written whole beside it, then linked into place: another process never reads a
+    # half-written key, and an existing key (and every device flashed with its public
+    # half) is kept (link raises FileExistsError).
+    fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:  # mkstemp: mode 0600
+            out.write(pem)
+        os.link(staged, path)
+    finally:
+        os.unlink(staged)
     public = key.public_key()
     public_path(path).write_bytes(
         public.public_bytes(
@@ -136,12 +143,16 @@ class OtaKeys:
         # Dev mode only (check_secure refused production): a key of this data directory.
         path = settings.data_dir / DEV_KEY_NAME
         if not path.exists():
-            generate_key_files(path)
-            log.warning(
-                "dev mode: made an OTA signing key at %s; set SENSORIUM_OTA_SIGNING_KEY for "
-                "production",
-                path,
-            )
+            try:
+                generate_key_files(path)
+            except FileExistsError:
+                pass  # another process on this data directory made it first: use that one
+            else:
+                log.warning(
+                    "dev mode: made an OTA signing key at %s; set SENSORIUM_OTA_SIGNING_KEY "
+                    "for production",
+                    path,
+                )
         private = load_private_key(path)
         return cls(private.public_key(), private)
 
