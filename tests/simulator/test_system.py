@@ -19,6 +19,8 @@ from rich.console import Console
 from sqlalchemy import func, select
 
 from sensorium.api.app import create_app
+from sensorium.broker import admin as dynsec_admin
+from sensorium.broker.service import Outbox, reconcile
 from sensorium.config import Settings
 from sensorium.protocol import int_to_mac
 from sensorium.simulator.fleet import DeviceSpec, Fleet, FleetConfig
@@ -26,7 +28,7 @@ from sensorium.simulator.registry import load_devices, login, register_devices
 from sensorium.simulator.runner import SimulateError, SimulateOptions, simulate
 from sensorium.telemetry.models import Point, Series
 from sensorium.worker.runtime import EmbeddedBroker
-from tests.helpers import Account, Api, serving
+from tests.helpers import Account, Api, running_client, serving
 from tests.simulator.conftest import Served
 from tests.system.conftest import provisioned, wait_for
 
@@ -152,6 +154,56 @@ async def test_mqtt_fleet_stores_exactly_what_it_sent_including_a_backfill(
     device = r.json()
     assert device["firmware_version"] == config.firmware
     assert {"rssi", "ip", "free_heap", "uptime_s"} <= device["info"].keys()
+
+
+async def test_mqtt_devices_keep_what_no_ingest_took_and_send_it_when_one_subscribes(
+    settings: Settings, broker: EmbeddedBroker
+) -> None:
+    """PUBACK 0x10 ("no matching subscribers": the broker accepted the reading but nobody
+    took it, as after a Mosquitto 2.0 restart that lost the workers' shared subscriptions)
+    leaves the reading on board; it is sent again once an ingest subscribes, and stored
+    exactly once. Before, the device counted it as sent and it was gone."""
+    address = broker.address
+    assert address is not None
+    # The API alone (split deployment) queues the device accounts ...
+    api_only = settings.model_copy(update={"mqtt_url": f"mqtt://{address.host}:{address.port}"})
+    async with running_client(api_only) as client:
+        api = Api(client)
+        owner = await api.account()
+        specs = await registered(api, owner, 2, seed=21)
+        ctx = client.app.state.ctx  # type: ignore[attr-defined]
+        # ... which `sensorium broker sync` applies, so the devices get in but nobody
+        # subscribes.
+        (admin_user, admin_pw), _ = api_only.mqtt_credentials()
+        async with dynsec_admin.connect(
+            address.host, address.port, username=admin_user, password=admin_pw
+        ) as admin:
+            await reconcile(ctx.sessions, admin, Outbox(api_only.resolved_secret_key()))
+
+    config = FleetConfig(interval_s=0.2, status_every_s=1.0, max_backoff_s=1.0, seed=21)
+    fleet = Fleet(specs, config, transport="mqtt", mqtt_host=address.host, mqtt_port=address.port)
+    async with fleet:
+
+        async def refused_twice() -> bool:
+            snap = fleet.snapshot()
+            return snap.connected == 2 and snap.errors.get("no_subscribers", 0) >= 4
+
+        assert await wait_for(refused_twice, timeout_s=10.0)
+        assert fleet.snapshot().buffered_points > 0
+        assert sum(fleet.points_sent_by_device().values()) == 0
+        # Now an ingest subscribes (`sensorium serve`'s, on the same database).
+        async with running_client(settings, broker=address) as client:
+
+            async def emptied() -> bool:
+                return fleet.snapshot().buffered_points == 0
+
+            assert await wait_for(emptied, timeout_s=15.0)
+            # Closed first, so nothing is sent after the count.
+            await fleet.close()
+            sent = fleet.points_sent_by_device()
+            assert all(n > 0 for n in sent.values())
+            assert await settled(client.app, sent) == sent  # type: ignore[attr-defined]
+    assert set(fleet.snapshot().errors) == {"no_subscribers"}
 
 
 async def test_http_fleet_stores_exactly_what_it_sent_including_a_backfill(api: Api) -> None:

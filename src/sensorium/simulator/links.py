@@ -46,6 +46,8 @@ from sensorium.protocol.ota import OtaAssignment, parse_assignment, validate_ass
 
 OFFLINE_STATUS = b'{"online": false}'
 API_PREFIX = "/api/v1"
+# MQTT 5 PUBACK reason 0x10: accepted, but no subscription matched.
+NO_MATCHING_SUBSCRIBERS = 0x10
 # Statuses after which sending the same document again cannot succeed.
 _REFUSED = frozenset({400, 413, 415, 422})
 
@@ -267,6 +269,13 @@ class MqttLink:
         if reason.is_failure:
             # The broker refused it (not authorized, quota): the content will not get better.
             raise LinkError("publish_refused", str(reason), fatal=True)
+        if reason.value == NO_MATCHING_SUBSCRIBERS and not retain:
+            # Accepted but given to nobody: no ingest worker is subscribed (none runs yet,
+            # or a restarted Mosquitto 2.0 lost the workers' shared subscriptions and they
+            # have not subscribed again). Keep it and send it again after a back-off; a
+            # re-send is stored once (docs/PROTOCOL.md). A retained message stays with the
+            # broker for whoever subscribes, so it is not re-sent.
+            raise LinkError("no_subscribers", str(reason))
 
     async def drop(self) -> None:
         """Disconnect with reason 0x04 (with will message): the broker publishes the will at
