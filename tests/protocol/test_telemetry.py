@@ -7,7 +7,7 @@ import math
 import pickle
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -22,9 +22,15 @@ from sensorium.protocol import (
     PayloadError,
     ProtocolError,
     Reading,
+    Readings,
+    parse_readings,
     parse_telemetry,
+    validate_readings,
     validate_telemetry,
 )
+from sensorium.protocol import telemetry as telemetry_module
+
+_T = TypeVar("_T")
 
 NOW = 1_763_900_000_000  # 2025-11-23T12:13:20Z
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -523,7 +529,7 @@ def test_generated_valid_documents_parse_to_their_readings(
     assert validate_telemetry(doc, now_ms=NOW) == expected
 
 
-def outcome(call: Callable[[], list[Reading]]) -> list[Reading] | PayloadError:
+def outcome(call: Callable[[], _T]) -> _T | PayloadError:
     try:
         return call()
     except PayloadError as error:
@@ -577,3 +583,192 @@ def test_any_body_yields_readings_or_a_payload_error(raw: bytes) -> None:
         assert result.code in {"invalid_json", "invalid_shape", "invalid_key", "invalid_value"}
     else:
         assert all(isinstance(r, Reading) for r in result)
+
+
+# --- as columns (parse_readings / validate_readings) -----------------------------------------
+
+
+def same_outcome(doc: object, oldest_ms: int | None) -> list[Reading] | PayloadError:
+    """validate_readings gives what validate_telemetry gives: the same readings in the same
+    order, or the same error (code, message, field)."""
+    reference = outcome(lambda: validate_telemetry(doc, now_ms=NOW, oldest_ms=oldest_ms))
+    columns = outcome(lambda: validate_readings(doc, now_ms=NOW, oldest_ms=oldest_ms))
+    if isinstance(columns, PayloadError):
+        assert isinstance(reference, PayloadError), columns
+        assert (columns.code, columns.message, columns.field) == (
+            reference.code,
+            reference.message,
+            reference.field,
+        )
+        return columns
+    assert isinstance(columns, Readings)
+    assert not isinstance(reference, PayloadError), reference
+    assert list(columns) == reference
+    assert [type(r.value) for r in columns] == [float] * len(reference)
+    assert columns.names == {r.key for r in reference}
+    assert (columns.first, columns.last) == (
+        min(r.ts for r in reference),
+        max(r.ts for r in reference),
+    )
+    if columns.ordered:
+        assert [r.ts for r in reference] == sorted(r.ts for r in reference)
+    return reference
+
+
+# What a batch of the usual form may hold, and what makes it unusual or wrong.
+odd_values: st.SearchStrategy[Any] = st.one_of(
+    values,
+    st.sampled_from(
+        [math.nan, math.inf, -math.inf, 1e18, -1e18, 10**18, -(10**18), 10**18 + 1, 10**19]
+    ),
+    st.sampled_from([1e18 + 1e3, 2**63, None, "1.5", [], {}]),
+)
+usual_ts = st.integers(min_value=NOW - 10_000, max_value=NOW + 10_000)
+odd_ts = st.one_of(
+    usual_ts,
+    st.sampled_from([-1, 0, NOW + FUTURE_TOLERANCE_MS, NOW + FUTURE_TOLERANCE_MS + 1, True]),
+    st.sampled_from([float(NOW), 1.5, "2025-11-23T12:00:00Z", None]),
+)
+
+
+@st.composite
+def usual_batches(draw: st.DrawFn) -> object:
+    """Batches of entries {"ts": int, "values": {...}}, mostly valid, sometimes with an odd
+    value, ts, key, member or entry somewhere (which the columns must refuse or read
+    exactly as validate_telemetry does)."""
+    names = draw(st.lists(st.sampled_from(["t", "h", "co2", "a.b", "x-1"]), min_size=1))
+    odd = draw(st.integers(min_value=0, max_value=5))
+    size = draw(st.integers(min_value=1, max_value=8))
+    batch: list[Any] = []
+    stamps = draw(st.lists(usual_ts, min_size=size, max_size=size))
+    if draw(st.booleans()):
+        stamps.sort()
+    for ts in stamps:
+        entry_values = {n: draw(values if odd != 1 else odd_values) for n in names}
+        if odd == 2 and draw(st.booleans()):
+            entry_values[draw(st.sampled_from(["", "bad key", "k" * 65, "new_key_7"]))] = 1.0
+        entry: dict[str, Any] = {"ts": ts if odd != 3 else draw(odd_ts), "values": entry_values}
+        if odd == 4 and draw(st.booleans()):
+            entry = draw(st.sampled_from([{"values": entry_values}, {**entry, "x": 1}, {}, []]))
+        batch.append(entry)
+    if odd == 5:
+        return batch[0] if isinstance(batch[0], dict) and draw(st.booleans()) else batch * 2
+    return batch
+
+
+@settings(database=None, deadline=None, max_examples=300)
+@given(doc=usual_batches(), oldest_ms=st.none() | st.sampled_from([NOW - 5_000, NOW + 20_000]))
+def test_columns_read_usual_batches_as_validate_telemetry_does(
+    doc: object, oldest_ms: int | None
+) -> None:
+    same_outcome(doc, oldest_ms)
+
+
+def _batch(*entry_values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"ts": NOW - 100 + i, "values": v} for i, v in enumerate(entry_values)]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        # The checks made all at once must find what the reading-by-reading ones find,
+        # wherever it is.
+        _batch({"a": 1.0}, {"a": math.nan}),
+        _batch({"a": 1.0, "b": math.nan}),
+        _batch({"a": 1.0}, {"a": math.inf}, {"a": -math.inf}),
+        _batch({"a": 1.0}, {"a": math.inf}),
+        _batch({"a": 1.0}, {"a": -1e19}),
+        _batch({"a": 1.0}, {"a": math.nan, "b": math.inf}),
+        _batch({"a": 1}, {"a": 10**18 + 1}),
+        _batch({"a": 1}, {"a": -(10**18) - 1}),
+        _batch({"a": 1}, {"a": 10**18}, {"a": -(10**18)}, {"a": 1e18}),
+        _batch({"a": 1}, {"a": 10**400}),
+        _batch({"a": 1.0}, {}),
+        _batch({"a": 1.0}, {"a": True}, {"a": "1"}),
+        _batch({"a": 1.0}, {"a": None}),
+        _batch({"a": 2.0}, {"bad key": 1.0}, {"a": "x"}),
+        _batch({"a": "x"}, {"bad key": 1.0}),
+        [*_batch({"a": 1.0}), {"ts": NOW - 100, "values": {"a": 2.0, "b": True}}],
+        [*_batch({"a": 1.0}, {"a": 2.0}), {"ts": NOW - 100, "values": {"a": "x"}}],
+        [{"ts": NOW, "values": {"a": 1.0}}, {"ts": NOW - 5, "values": {"a": 2}}],
+        [{"ts": NOW, "values": {"a": 1.0}}, {"ts": -1, "values": {"a": 2}}],
+        [{"ts": NOW, "values": {"a": 1.0}}, {"ts": NOW + FUTURE_TOLERANCE_MS + 1, "values": {}}],
+        {"ts": NOW, "values": {"a": math.nan}},
+        {"ts": NOW, "values": {"a": 1, "b": 10**18 + 1}},
+        {"a": 1.0, "b": math.inf},
+        {"ts": NOW, "values": {}},
+        {},
+    ],
+)
+def test_columns_refuse_and_read_edge_cases_as_validate_telemetry_does(doc: object) -> None:
+    same_outcome(doc, None)
+    same_outcome(doc, NOW - 50)
+
+
+@settings(database=None, deadline=None)
+@given(doc=json_values, oldest_ms=st.none() | epoch_ms)
+def test_columns_read_any_document_as_validate_telemetry_does(
+    doc: object, oldest_ms: int | None
+) -> None:
+    same_outcome(doc, oldest_ms)
+
+
+@settings(database=None, deadline=None)
+@given(case=documents())
+def test_columns_of_generated_valid_documents(case: tuple[object, list[Reading]]) -> None:
+    doc, expected = case
+    assert list(parse_readings(orjson.dumps(doc), now_ms=NOW)) == expected
+    assert same_outcome(doc, None) == expected
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"ts": NOW, "values": {"t": 1.5, "h": 40, "on": True}},
+        {"t": 1.5, "h": 2},
+        [{"ts": NOW - 10 + i, "values": {"t": 1.5 + i, "co2": 400 + i}} for i in range(10)],
+        [{"values": {"t": 1.5}, "ts": NOW - 10 + i} for i in range(3)],
+    ],
+)
+def test_usual_documents_are_read_without_validate_telemetry(
+    doc: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Documents of the usual form take the column-wise path (validate_telemetry, the
+    reading-by-reading one, is the fallback for the rest)."""
+    expected = validate_telemetry(doc, now_ms=NOW)
+
+    def refuse(*_args: object, **_kwargs: object) -> list[Reading]:
+        raise AssertionError("validate_telemetry was called")
+
+    monkeypatch.setattr(telemetry_module, "validate_telemetry", refuse)
+    assert list(validate_readings(doc, now_ms=NOW)) == expected
+
+
+@settings(database=None, deadline=None)
+@given(
+    points=st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(min_value=0, max_value=6), values),
+        max_size=20,
+    )
+)
+def test_readings_of_a_list_keep_the_later_of_a_repeated_point_and_its_newest(
+    points: list[tuple[str, int, bool | int | float]],
+) -> None:
+    readings = [Reading(ts, key, expected_number(v)) for key, ts, v in points]
+    columns = Readings.of(readings)
+    assert list(columns) == latest_only(readings)
+    assert Readings.of(columns) is columns
+    assert columns[:] == list(columns)
+    if columns:
+        assert columns[-1] == list(columns)[-1]
+    # Each key's newest [ts, value], the later one of a tie: the same from the columns'
+    # shortcut (when ts never decrease) as from a pass over every reading.
+    newest: dict[str, list[float | int]] = {}
+    for r in readings:
+        if r.key not in newest or r.ts >= newest[r.key][0]:
+            newest[r.key] = [r.ts, r.value]
+    assert columns.newest() == newest
+    in_order = Readings.of(sorted(readings, key=lambda r: r.ts))
+    assert in_order.ordered
+    unknown_order = Readings(in_order.keys, in_order.stamps, in_order.values, ordered=False)
+    assert in_order.newest() == unknown_order.newest()

@@ -160,7 +160,7 @@ def test_rollups_equal_the_aggregation_of_the_raw_points(
     runner.run(scenario())
 
 
-@pytest.mark.parametrize("statement", [rollups.PG_MERGE, rollups.PG_ADD_NEW])
+@pytest.mark.parametrize("statement", [rollups.PG_MERGE, rollups.PG_STORE_NEW])
 def test_the_postgresql_statements_list_the_grains(statement: str) -> None:
     """Minute buckets from the points, the coarser ones from the minutes."""
     minute = re.search(r"i\.ts - i\.ts % (\d+) AS bucket", statement)

@@ -19,7 +19,7 @@ from sensorium.protocol import Reading, mac_to_int
 from sensorium.telemetry import rollups
 from sensorium.telemetry import writer as writer_module
 from sensorium.telemetry.models import LatestValue, Point, Rollup, Series
-from sensorium.telemetry.writer import BatchWriter, Unstorable
+from sensorium.telemetry.writer import BatchWriter, Points, Unstorable
 from sensorium.users.models import User
 
 
@@ -73,10 +73,10 @@ def _poison(writer: BatchWriter, device_id: str) -> None:
     """Make every batch holding `device_id`'s points fail to store."""
     original = writer._store
 
-    async def poisoned(session: Any, points: dict[Any, float], owners: dict[Any, Any]) -> None:
-        if any(owners[key[0]][0] == mac_to_int(device_id) for key in points):
+    async def poisoned(session: Any, points: Points) -> None:
+        if any(points.owners[s][0] == mac_to_int(device_id) for s in points.series):
             raise RuntimeError("disk on fire")
-        await original(session, points, owners)
+        await original(session, points)
 
     writer._store = poisoned  # type: ignore[method-assign]
 
@@ -196,9 +196,9 @@ async def test_a_document_is_never_split_across_transactions(env: Any) -> None:
     writer = BatchWriter(env, offline_after_s=60, max_batch=10)
     original = writer._store
 
-    async def recording(session: Any, points: dict[Any, float], owners: dict[Any, Any]) -> None:
+    async def recording(session: Any, points: Points) -> None:
         batches.append(len(points))
-        await original(session, points, owners)
+        await original(session, points)
 
     writer._store = recording  # type: ignore[method-assign]
     await writer.start()
@@ -283,9 +283,9 @@ async def test_a_redelivered_batch_falls_back_to_the_merge_and_the_later_value_w
     fallbacks: list[int] = []
     original = writer_module._staged_store
 
-    async def counting(session: Any, driver: Any, points: Any, owners: Any) -> None:
-        fallbacks.append(len(points))
-        await original(session, driver, points, owners)
+    async def counting(session: Any, driver: Any, count: int) -> None:
+        fallbacks.append(count)
+        await original(session, driver, count)
 
     monkeypatch.setattr(writer_module, "_staged_store", counting)
     writer = BatchWriter(env, offline_after_s=60)
@@ -338,3 +338,103 @@ async def test_a_redelivered_batch_falls_back_to_the_merge_and_the_later_value_w
             stats.last_value,
         ), key
         assert math.isclose(got.vsum, stats.vsum, rel_tol=1e-12), key
+
+
+@pytest.mark.parametrize("size", [20, writer_module.COPY_THRESHOLD])
+async def test_documents_of_a_device_sharing_points_in_one_batch_the_later_wins(
+    env: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Documents of one device in one batch are checked for shared points by their spans of
+    ts: disjoint ones (in order or not) are stored as they are, overlapping ones keep the
+    later document's value of a shared point. On PostgreSQL's COPY path the batch is free
+    of duplicates before it is staged: it needs no fallback to the merge."""
+    fallbacks: list[int] = []
+    original_fallback = writer_module._staged_store
+
+    async def counting(session: Any, driver: Any, count: int) -> None:
+        fallbacks.append(count)
+        await original_fallback(session, driver, count)
+
+    monkeypatch.setattr(writer_module, "_staged_store", counting)
+    writer = BatchWriter(env, offline_after_s=60)
+    start = int(time.time() * 1000) - 1_000_000
+    device = "020000000000"
+
+    def doc(first: int, value: float) -> list[Reading]:
+        return [Reading(start + first + i, k, value) for i in range(size // 2) for k in "pq"]
+
+    flushes = 0
+    original = writer._write
+
+    async def counting_writes(jobs: Any) -> tuple[set[str], list[str], bool]:
+        nonlocal flushes
+        flushes += 1
+        return await original(jobs)
+
+    writer._write = counting_writes  # type: ignore[method-assign]
+    await writer.start()
+    # Queued before the writer's task runs: one batch.
+    futures = [
+        writer.submit(device, doc(1000, 1.0)),
+        writer.submit(device, doc(0, 2.0)),  # earlier, disjoint
+        writer.submit(device, doc(1000 + size // 4, 3.0)),  # overlaps the first
+        writer.submit("020000000001", doc(1000, 4.0)),  # same ts, another device
+    ]
+    await writer.stop()
+    assert [f.result() for f in futures] == [size] * 4
+    assert flushes == 1
+    want = {start + i: 2.0 for i in range(size // 2)}
+    want |= {start + 1000 + i: 1.0 for i in range(size // 4)}
+    want |= {start + 1000 + size // 4 + i: 3.0 for i in range(size // 2)}
+    async with env() as session:
+        stored = list(
+            await session.execute(
+                select(Series.device, Series.key_id, Point.ts, Point.value).join(
+                    Series, Series.id == Point.series
+                )
+            )
+        )
+        latest = list(await session.execute(select(LatestValue.ts, LatestValue.value)))
+        minutes = {
+            (r.device, r.key_id, r.bucket): r.n
+            for r in await session.scalars(select(Rollup).where(Rollup.grain == rollups.MINUTE))
+        }
+    mine = [row for row in stored if row.device == mac_to_int(device)]
+    for key_id in {row.key_id for row in mine}:
+        assert {row.ts: row.value for row in mine if row.key_id == key_id} == want
+    assert len(stored) == 2 * len(want) + size
+    last = max(want)
+    assert sorted(latest) == sorted([(last, 3.0)] * 2 + [(start + 1000 + size // 2 - 1, 4.0)] * 2)
+    # Each point counted once in its bucket.
+    assert sum(minutes.values()) == len(stored)
+    assert fallbacks == []
+
+
+async def test_a_full_series_cache_is_emptied_and_writing_goes_on(env: Any) -> None:
+    """A batch with cached and new series past the bound: the cache is emptied and
+    everything the batch needs looked up again (not failed and retried document by
+    document)."""
+    writer = BatchWriter(env, offline_after_s=60, series_limit=4)
+    writes = 0
+    original = writer._write
+
+    async def counting(jobs: Any) -> tuple[set[str], list[str], bool]:
+        nonlocal writes
+        writes += 1
+        return await original(jobs)
+
+    writer._write = counting  # type: ignore[method-assign]
+    await writer.start()
+    now = int(time.time() * 1000) - 10_000
+    for round_, devices in enumerate([2, 3]):
+        results = await asyncio.gather(
+            *(
+                writer.write(f"02000000000{d}", [Reading(now + round_, k, 1.0) for k in "abc"])
+                for d in range(devices)
+            )
+        )
+        assert results == [3] * devices
+    await writer.stop()
+    assert writes == 2
+    assert await count(env, Point) == 15
+    assert await count(env, Series) == 9

@@ -68,7 +68,7 @@ from sensorium.alerts.models import (
 )
 from sensorium.db import dialect_insert, epoch_ms
 from sensorium.devices.models import Device
-from sensorium.protocol import Reading
+from sensorium.protocol import Reading, Readings
 from sensorium.protocol.mac import mac_to_int
 from sensorium.telemetry.models import LatestValue, TelemetryKey
 
@@ -359,7 +359,10 @@ async def evaluate(
     if not readings:
         return changes
     device_ids = sorted(readings)
-    keys = {r.key for rows in readings.values() for r in rows}
+    keys: set[str] = set()
+    for rows in readings.values():
+        # Columns know their keys: no pass over every reading of a batch.
+        keys.update(rows.names if type(rows) is Readings else {r.key for r in rows})
     if watch is None or incarnations is None:
         watch, incarnations = Watch(), dict.fromkeys(device_ids)
     rules, watching = await watch.lookup(session, device_ids, incarnations)
@@ -515,6 +518,15 @@ def _watching(device_ids: Sequence[str]) -> Any:
     return union_all(listed, everyone)
 
 
+# The rules' generation (see Watch), built once: it is read at every batch.
+_GENERATION = select(
+    func.count(),
+    func.coalesce(func.sum(AlertRule.updated_ms), 0),
+    func.coalesce(func.max(AlertRule.id), 0),
+    func.count().filter(AlertRule.kind == OFFLINE),
+)
+
+
 class Watch:
     """Which threshold rules watch which devices, kept between batches by a writer: the
     scope query is the costliest part of evaluating a batch, and its answer changes only
@@ -542,18 +554,7 @@ class Watch:
         incarnations: Mapping[str, Hashable],
     ) -> tuple[dict[int, RuleView], dict[str, tuple[int, ...]]]:
         """The rules by id, and the ids of those watching each device."""
-        generation = tuple(
-            (
-                await session.execute(
-                    select(
-                        func.count(),
-                        func.coalesce(func.sum(AlertRule.updated_ms), 0),
-                        func.coalesce(func.max(AlertRule.id), 0),
-                        func.count().filter(AlertRule.kind == OFFLINE),
-                    )
-                )
-            ).one()
-        )
+        generation = tuple((await session.execute(_GENERATION)).one())
         # Offline rules, enabled or not (only they have offline states to clear).
         self.offline_rules = int(generation[3])
         if generation != self._generation:

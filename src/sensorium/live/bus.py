@@ -22,7 +22,7 @@ import orjson
 
 from sensorium.aio import cancel_and_wait
 from sensorium.config import Settings
-from sensorium.protocol import Reading
+from sensorium.protocol import Reading, Readings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Event:
 
 def telemetry_event(device_id: str, readings: Sequence[Reading], *, now_ms: int) -> Event:
     """The newest reading of each key in one stored document."""
+    if type(readings) is Readings:
+        return Event("telemetry", device_id, {"values": readings.newest()}, now_ms)
     values: dict[str, list[float | int]] = {}
     for r in readings:
         current = values.get(r.key)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Sequence, Set
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from itertools import chain, islice, pairwise, repeat
+from typing import Any, NamedTuple, overload
 
 from sensorium.protocol._json import MAX_PAYLOAD_BYTES, decode_document, json_type
 from sensorium.protocol.errors import PayloadError
@@ -15,8 +17,11 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_PAYLOAD_BYTES",
     "Reading",
+    "Readings",
     "decode_document",
+    "parse_readings",
     "parse_telemetry",
+    "validate_readings",
     "validate_telemetry",
 ]
 
@@ -41,6 +46,12 @@ MAX_ABS_VALUE = 1e18
 # Longer than any date-time fromisoformat accepts; spares it from parsing junk.
 _MAX_ISO_LENGTH = 64
 _MISSING: Any = object()
+# Value types a JSON decoder gives for numbers and booleans: exactly these take the fast path.
+_NUMBER_TYPES = frozenset({float, int, bool})
+_DICT = {dict}
+_FLOAT = {float}
+_INT = {int}
+_TWO = {2}
 
 
 class Reading(NamedTuple):
@@ -50,6 +61,249 @@ class Reading(NamedTuple):
     ts: int  # epoch milliseconds
     key: str
     value: float  # booleans become 0.0/1.0, ints become float
+
+
+class Readings(Sequence[Reading]):
+    """One document's readings as columns: the key, ts and value of each, in the
+    document's order, never the same (key, ts) twice. What a batch writer asks of a
+    document comes without a pass over its readings: its keys (`names`), its first and
+    last ts, and whether its ts never decrease (`ordered`: then each key's last reading
+    is its newest). A 150-reading batch message is 3 lists instead of 150 `Reading`s;
+    read as a sequence, the `Reading`s are made on demand."""
+
+    __slots__ = ("first", "keys", "last", "names", "ordered", "stamps", "values")
+
+    def __init__(
+        self,
+        keys: list[str],
+        stamps: list[int],
+        values: list[float],
+        *,
+        names: Set[str] | None = None,
+        ordered: bool | None = None,
+        first: int | None = None,
+        last: int | None = None,
+    ) -> None:
+        self.keys = keys
+        self.stamps = stamps
+        self.values = values
+        self.names: Set[str] = set(keys) if names is None else names
+        self.first = first if first is not None else min(stamps) if stamps else 0
+        self.last = last if last is not None else max(stamps) if stamps else 0
+        if ordered is None:
+            ordered = all(a <= b for a, b in pairwise(stamps))
+        self.ordered = ordered
+
+    @classmethod
+    def of(cls, readings: Iterable[Reading]) -> Readings:
+        """`readings` as columns (itself when it is already); a later reading of the same
+        (key, ts) replaces an earlier one, in its place."""
+        if type(readings) is Readings:
+            return readings
+        rows = list(readings)
+        keys = [r.key for r in rows]
+        stamps = [r.ts for r in rows]
+        values = [r.value for r in rows]
+        if len(set(zip(keys, stamps, strict=True))) < len(rows):
+            keys, stamps, values = _latest_columns(keys, stamps, values)
+        return cls(keys, stamps, values)
+
+    @classmethod
+    def join(cls, parts: Sequence[Readings]) -> Readings:
+        """Several documents' readings one after the other (the same (key, ts) may recur)."""
+        if len(parts) == 1:
+            return parts[0]
+        keys: list[str] = []
+        stamps: list[int] = []
+        values: list[float] = []
+        for part in parts:
+            keys += part.keys
+            stamps += part.stamps
+            values += part.values
+        return cls(
+            keys, stamps, values, names=set().union(*[p.names for p in parts]), ordered=False
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Reading: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Reading]: ...
+
+    def __getitem__(self, index: int | slice) -> Reading | list[Reading]:
+        if isinstance(index, slice):
+            return list(map(Reading, self.stamps[index], self.keys[index], self.values[index]))
+        return Reading(self.stamps[index], self.keys[index], self.values[index])
+
+    def __iter__(self) -> Iterator[Reading]:
+        return map(Reading, self.stamps, self.keys, self.values)
+
+    def __repr__(self) -> str:
+        return f"Readings({list(self)!r})"
+
+    def newest(self) -> dict[str, list[float | int]]:
+        """Each key's newest reading as [ts, value]; the later one of a tie."""
+        found: dict[str, list[float | int]] = {}
+        keys, stamps, values = self.keys, self.stamps, self.values
+        if self.ordered:
+            # Each key's last reading is its newest: walk back until every key is found.
+            wanted = len(self.names)
+            for i in range(len(keys) - 1, -1, -1):
+                if keys[i] not in found:
+                    found[keys[i]] = [stamps[i], values[i]]
+                    if len(found) == wanted:
+                        break
+            return found
+        for key, ts, value in zip(keys, stamps, values, strict=True):
+            current = found.get(key)
+            if current is None or ts >= current[0]:
+                found[key] = [ts, value]
+        return found
+
+
+def parse_readings(raw: bytes, *, now_ms: int, oldest_ms: int | None = None) -> Readings:
+    """`parse_telemetry` as columns (see `Readings`): the same readings, the same errors."""
+    return validate_readings(decode_document(raw), now_ms=now_ms, oldest_ms=oldest_ms)
+
+
+def validate_readings(doc: object, *, now_ms: int, oldest_ms: int | None = None) -> Readings:
+    """`validate_telemetry` as columns: the same readings, the same errors.
+
+    Documents of the usual form (integer or absent `ts`, numbers and booleans as values)
+    are read entry by entry, each entry's keys and values added to the columns in one
+    go, and the values checked all at once (their types, range, NaN); anything else, and
+    every invalid document, goes through `validate_telemetry`, which finds the first
+    problem exactly as before."""
+    try:
+        fast = _fast_columns(doc, now_ms, oldest_ms)
+    except PayloadError:
+        fast = None
+    if fast is not None:
+        return fast
+    return Readings.of(validate_telemetry(doc, now_ms=now_ms, oldest_ms=oldest_ms))
+
+
+def _fast_columns(doc: object, now_ms: int, oldest_ms: int | None) -> Readings | None:
+    """The readings of a document of the usual form: a single entry, or a batch whose
+    entries all have an integer `ts` and non-empty `values`, every value a number or a
+    boolean. None for any other document (and for values out of range); may raise
+    PayloadError for a problem that is not the first (the caller then asks
+    `validate_telemetry`). A batch is read with C-level passes (comprehensions, `map`,
+    `chain`) instead of a Python loop per entry and per reading."""
+    newest_ms = now_ms + FUTURE_TOLERANCE_MS
+    # An integer ts above `lowest` and at most `newest_ms` is valid (see `_timestamp`).
+    lowest = -1 if oldest_ms is None else max(oldest_ms, 0) - 1
+    if type(doc) is dict:
+        if "values" in doc or "ts" in doc:
+            values = doc.get("values", _MISSING)
+            ts = doc.get("ts", _MISSING)
+            if not (
+                type(ts) is int
+                and lowest < ts <= newest_ms
+                and type(values) is dict
+                and values
+                and len(doc) == 2
+            ):
+                ts, values = _entry(doc, None, now_ms, oldest_ms)
+        elif doc:
+            ts, values = now_ms, doc
+        else:
+            return None
+        if not _KNOWN_KEYS.issuperset(values):
+            _check_keys(values, None)
+        numbers = _numbers(list(values.values()))
+        if numbers is None:
+            return None
+        keys = list(values)
+        return Readings(keys, [ts] * len(keys), numbers, ordered=True, first=ts, last=ts)
+    if type(doc) is not list or not doc or len(doc) > MAX_BATCH_ENTRIES:
+        return None
+    if set(map(type, doc)) != _DICT or set(map(len, doc)) != _TWO:
+        return None
+    try:
+        times = [entry["ts"] for entry in doc]
+        entries = [entry["values"] for entry in doc]
+    except KeyError:
+        return None
+    if set(map(type, times)) != _INT or set(map(type, entries)) != _DICT:
+        return None
+    first, last = min(times), max(times)
+    sizes = set(map(len, entries))
+    if not (lowest < first and last <= newest_ms) or 0 in sizes:
+        return None
+    if not _KNOWN_KEYS.issuperset(chain.from_iterable(entries)):
+        for index, values in enumerate(entries):
+            _check_keys(values, index)
+    numbers = _numbers(list(chain.from_iterable(map(dict.values, entries))))
+    if numbers is None:
+        return None
+    keys = list(chain.from_iterable(entries))
+    if len(sizes) == 1:
+        # Every entry has as many values (the usual batch): each ts that many times.
+        stamps = list(chain.from_iterable(zip(*repeat(times, sizes.pop()), strict=True)))
+    else:
+        stamps = list(chain.from_iterable(map(repeat, times, map(len, entries))))
+    # Strictly increasing ts (the usual batch): ordered, and no (key, ts) twice.
+    increasing = all(map(int.__lt__, times, islice(times, 1, None)))
+    if not increasing:
+        if len(set(times)) < len(times):
+            keys, stamps, numbers = _latest_columns(keys, stamps, numbers)
+        ordered = all(map(int.__le__, times, islice(times, 1, None)))
+        return Readings(keys, stamps, numbers, ordered=ordered, first=first, last=last)
+    return Readings(keys, stamps, numbers, ordered=True, first=first, last=last)
+
+
+def _check_keys(values: dict[Any, Any], index: int | None) -> None:
+    known = _KNOWN_KEYS
+    for key in values:
+        if key not in known:
+            if type(key) is not str or _KEY_MATCH(key) is None:
+                raise _bad_key(key, index)
+            if len(known) < _KNOWN_KEYS_MAX:
+                known.add(key)
+
+
+def _numbers(values: list[Any]) -> list[float] | None:
+    """The values as floats when every one is a number or boolean in range, checked all
+    at once; None otherwise."""
+    kinds = set(map(type, values))
+    if kinds == _FLOAT:
+        if not (min(values) >= -MAX_ABS_VALUE and max(values) <= MAX_ABS_VALUE):
+            return None
+    else:
+        if not kinds <= _NUMBER_TYPES:
+            return None
+        try:
+            values = list(map(float, values))
+        except OverflowError:
+            return None
+        # An integer just past the limit becomes the limit as a float: the limit itself
+        # is left to the exact check.
+        if not (min(values) > -MAX_ABS_VALUE and max(values) < MAX_ABS_VALUE):
+            return None
+    # NaN fails every comparison, but min and max may pass it over; the sum is NaN then.
+    total = sum(values)
+    if total != total:
+        return None
+    return values
+
+
+def _latest_columns(
+    keys: list[str], stamps: list[int], values: list[Any]
+) -> tuple[list[str], list[int], list[Any]]:
+    """The last reading of each (key, ts), each in its place (as `_latest_only`)."""
+    seen: set[tuple[str, int]] = set()
+    kept: list[int] = []
+    for i in range(len(keys) - 1, -1, -1):
+        point = (keys[i], stamps[i])
+        if point not in seen:
+            seen.add(point)
+            kept.append(i)
+    kept.reverse()
+    return [keys[i] for i in kept], [stamps[i] for i in kept], [values[i] for i in kept]
 
 
 def parse_telemetry(raw: bytes, *, now_ms: int, oldest_ms: int | None = None) -> list[Reading]:

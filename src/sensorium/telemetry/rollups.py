@@ -9,7 +9,7 @@ the points.
   change nothing).
 - A re-sent identical point changes nothing.
 
-The writer's PostgreSQL COPY path does it in SQL (`PG_ADD_NEW` when every point was new,
+The writer's PostgreSQL COPY path does it in SQL (`PG_STORE_NEW` when every point was new,
 `PG_MERGE` otherwise); the other paths (SQLite, small batches) compute the increments here
 in Python.
 """
@@ -241,8 +241,7 @@ _UPSERT_BUCKETS = """
 
 # The COPY path's fallback (some points may exist already): points from the staging table
 # that are new are inserted and merged into their buckets in one statement, which returns
-# how many were new. The staging table carries each point's device and key next to its
-# series. (Built from constants only, never from input.)
+# how many were new. (Built from constants only, never from input.)
 PG_MERGE = """
 WITH ins AS (
     INSERT INTO points (series, ts, value)
@@ -252,22 +251,43 @@ WITH ins AS (
 ), {buckets}, roll AS ({upsert})
 SELECT count(*) FROM ins
 """.format(buckets=_BUCKETS.format(points="ins i"), upsert=_UPSERT_BUCKETS)  # noqa: S608
-# The COPY path when every point was new (COPY straight into `points` succeeded): the
-# points, as arrays of series, ts and value, merged into their buckets.
-PG_ADD_NEW = "WITH {buckets}{upsert}".format(
-    buckets=_BUCKETS.format(
-        points="unnest($1::bigint[], $2::bigint[], $3::float8[]) AS i(series, ts, value)"
-    ),
+# The newest staged point of each series merged into latest_values (a later ts wins; the
+# same ts too, as the later write).
+_MERGE_LATEST = """
+    INSERT INTO latest_values (device, key_id, ts, value)
+    SELECT s.device, s.key_id, n.ts, n.value
+    FROM (SELECT DISTINCT ON (series) series, ts, value FROM sensorium_points_stage
+          ORDER BY series, ts DESC) n
+    JOIN series s ON s.id = n.series
+    ORDER BY s.device, s.key_id
+    ON CONFLICT (device, key_id) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+    WHERE EXCLUDED.ts >= latest_values.ts
+"""
+# The COPY path's usual case, where none of the staged points is stored yet (everything
+# but a redelivery): in one statement they go into `points`, into their buckets and, each
+# series' newest, into latest_values. A point already stored fails it (unique violation):
+# the writer rolls back to a savepoint and takes PG_MERGE instead. The points reach
+# PostgreSQL once, by COPY into the staging table: sending them again as arrays for the
+# rollups cost the writer more CPU than the COPY (asyncpg checks every array element
+# against collections.abc.Iterable).
+PG_STORE_NEW = """
+WITH ins AS (
+    INSERT INTO points (series, ts, value) SELECT series, ts, value FROM sensorium_points_stage
+), latest AS ({latest}), {buckets}{upsert}""".format(  # noqa: S608 (constants only)
+    latest=_MERGE_LATEST,
+    buckets=_BUCKETS.format(points="sensorium_points_stage i"),
     upsert=_UPSERT_BUCKETS,
 )
+# After PG_MERGE (some points were stored already).
+PG_MERGE_LATEST = _MERGE_LATEST
 # Only when some were not new: those whose value differs are overwritten and returned for
 # `recompute` (the ones just inserted carry the same value, so they are not touched).
 PG_OVERWRITE = """
 UPDATE points p SET value = s.value
-FROM sensorium_points_stage s
+FROM sensorium_points_stage s JOIN series se ON se.id = s.series
 WHERE p.series = s.series AND p.ts = s.ts
   AND p.value IS DISTINCT FROM s.value
-RETURNING s.series, s.device, s.key_id, p.ts
+RETURNING s.series, se.device, se.key_id, p.ts
 """
 
 # Every rollup rebuilt from the raw points (benchmarks load points by COPY; same SQL on

@@ -19,7 +19,7 @@ from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECT
 from sensorium.db import epoch_ms
 from sensorium.devices.service import get_device, list_devices
 from sensorium.errors import Invalid, SensoriumError
-from sensorium.protocol import ProtocolError, parse_telemetry
+from sensorium.protocol import ProtocolError, parse_readings
 from sensorium.telemetry import buckets, service
 from sensorium.telemetry.schemas import (
     Accepted,
@@ -65,7 +65,7 @@ async def ingest(device: CurrentDevice, request: Request, ctx: ContextDep) -> Re
     now = epoch_ms()
     oldest = now - ctx.settings.raw_retention_days * 86_400_000
     try:
-        readings = parse_telemetry(await read_json_body(request), now_ms=now, oldest_ms=oldest)
+        readings = parse_readings(await read_json_body(request), now_ms=now, oldest_ms=oldest)
     except (ProtocolError, SensoriumError) as exc:  # bad document, type or size
         INGEST_REJECTED.labels("http", exc.code).inc()
         raise

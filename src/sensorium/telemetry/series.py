@@ -59,29 +59,6 @@ async def of_device(
     return {s: (k, name) for s, k, name in await session.execute(query)}
 
 
-class Cache:
-    """A process's series ids (they never change, see models.Series). Bounded: cleared
-    when full, which costs one lookup per series on the next batch."""
-
-    def __init__(self, limit: int = 1_000_000) -> None:
-        self._ids: dict[Pair, int] = {}
-        self._limit = limit
-
-    def known(self, pairs: set[Pair]) -> dict[Pair, int] | None:
-        """All of their ids when every one is cached, otherwise None."""
-        ids = self._ids
-        return ids if all(p in ids for p in pairs) else None
-
-    async def ids(self, session: AsyncSession, pairs: set[Pair]) -> dict[Pair, int]:
-        missing = [p for p in pairs if p not in self._ids]
-        if missing:
-            if len(self._ids) + len(missing) > self._limit:
-                self._ids = {}
-                missing = list(pairs)
-            self._ids.update(await ensure(session, missing))
-        return self._ids
-
-
 def of(device: int, key_id: int) -> ScalarSelect[int]:
     """The series id as a scalar subquery, for `Point.series == of(device, key_id)`."""
     return (

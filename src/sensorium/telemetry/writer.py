@@ -28,7 +28,7 @@ from sensorium.devices.models import Device, DeviceStatusEvent
 from sensorium.devices.service import OFFLINE_INTERVALS
 from sensorium.errors import Invalid, NotFound, SensoriumError
 from sensorium.live.bus import LiveBus, status_event, telemetry_event
-from sensorium.protocol import Reading, mac_to_int
+from sensorium.protocol import Reading, Readings, mac_to_int
 from sensorium.telemetry import rollups, series
 from sensorium.telemetry.models import LatestValue, Point, TelemetryKey
 from sensorium.telemetry.partitions import Partitions
@@ -64,6 +64,8 @@ def is_data_error(exc: BaseException) -> bool:
 class _Job:
     device_id: str
     readings: Sequence[Reading]
+    # The same readings as columns (the same object when they came so).
+    cols: Readings = field(repr=False)
     future: asyncio.Future[int] | None = field(default=None, repr=False)
     # Called with the reading count or the error instead of resolving a future (MQTT
     # ingest: a future and its done-callback per message cost more than the write).
@@ -72,6 +74,23 @@ class _Job:
 
 # (series id, ts in ms)
 PointKey = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Points:
+    """A batch's points as columns, one per (series, ts); `owners` says whose (device, key)
+    each series is (it may hold other series too)."""
+
+    series: list[int]
+    stamps: list[int]
+    values: list[float]
+    owners: dict[int, Pair]
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def as_dict(self) -> dict[PointKey, float]:
+        return dict(zip(zip(self.series, self.stamps, strict=True), self.values, strict=True))
 
 
 class BatchWriter:
@@ -89,6 +108,7 @@ class BatchWriter:
         on_online: Callable[[list[str]], None] | None = None,
         evaluate_alerts: bool = True,
         on_alerts: Callable[[], None] | None = None,
+        series_limit: int = 1_000_000,
     ) -> None:
         self._factory = factory
         self._partitions = Partitions(factory.kw["bind"])
@@ -116,7 +136,12 @@ class BatchWriter:
         self._on_alerts = on_alerts
         self._watch = alerts.Watch()
         self._key_ids: dict[str, int] = {}
-        self._series = series.Cache()
+        # Series ids by device and key name (they never change, see models.Series), and
+        # whose (device, key) each is. Bounded: emptied when full, which costs a lookup per
+        # series in the next batches.
+        self._device_series: dict[str, dict[str, int]] = {}
+        self._owners: dict[int, Pair] = {}
+        self._series_limit = series_limit
         self._tasks: list[asyncio.Task[None]] = []
         # False once any lane's task has ended (checked per document: no generator).
         self._alive = False
@@ -171,7 +196,7 @@ class BatchWriter:
     def submit(self, device_id: str, readings: Sequence[Reading]) -> asyncio.Future[int]:
         """Queue one document; the future resolves to its reading count once committed."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._put(_Job(device_id, readings, future))
+        self._put(_Job(device_id, readings, Readings.of(readings), future))
         return future
 
     def enqueue(
@@ -182,7 +207,7 @@ class BatchWriter:
     ) -> None:
         """Queue one document; `done` is called, once, with its reading count once committed
         or with the error that refused it (in the writer's task, before the next batch)."""
-        self._put(_Job(device_id, readings, None, done))
+        self._put(_Job(device_id, readings, Readings.of(readings), None, done))
 
     def _put(self, job: _Job) -> None:
         if not self._alive:
@@ -295,7 +320,7 @@ class BatchWriter:
             if job.device_id in stored:
                 _resolve(job, len(job.readings))
                 if self._bus is not None:
-                    self._bus.publish(telemetry_event(job.device_id, job.readings, now_ms=now_ms))
+                    self._bus.publish(telemetry_event(job.device_id, job.cols, now_ms=now_ms))
             else:
                 _fail(job, NotFound(f"device {job.device_id} not found", code="device_not_found"))
 
@@ -315,31 +340,91 @@ class BatchWriter:
                 self._key_ids.update({row.name: row.id for row in rows})
         return self._key_ids
 
-    async def _series_for(self, jobs: list[_Job], key_ids: dict[str, int]) -> dict[Pair, int]:
-        pairs: set[Pair] = set()
-        for job in jobs:
-            device = mac_to_int(job.device_id)
-            pairs.update((device, key_ids[r.key]) for r in job.readings)
-        known = self._series.known(pairs)
-        if known is not None:
-            return known
+    async def _series_for(self, jobs: list[_Job], key_ids: dict[str, int]) -> None:
+        """Makes sure `_device_series` knows the series of every job's keys."""
+        wanted = self._series_wanted(jobs, key_ids)
+        if not wanted:
+            return
+        if len(self._owners) + len(wanted) > self._series_limit:
+            self._device_series.clear()
+            self._owners.clear()
+            wanted = self._series_wanted(jobs, key_ids)
+        cache = self._device_series
         # Committed on their own before any point refers to them (points have no foreign
         # key), so a rolled-back batch cannot leave this process with an id that is not there.
         async with self._factory() as session, session.begin():
-            return await self._series.ids(session, pairs)
+            ids = await series.ensure(session, wanted.keys())
+        for pair, sid in ids.items():
+            device_id, name = wanted[pair]
+            cache.setdefault(device_id, {})[name] = sid
+            self._owners[sid] = pair
+
+    def _series_wanted(
+        self, jobs: list[_Job], key_ids: dict[str, int]
+    ) -> dict[Pair, tuple[str, str]]:
+        """The (device, key) of each series the cache lacks, with its device id and key."""
+        cache = self._device_series
+        wanted: dict[Pair, tuple[str, str]] = {}
+        for job in jobs:
+            known = cache.get(job.device_id)
+            names = job.cols.names
+            if known is not None and names <= known.keys():
+                continue
+            device = mac_to_int(job.device_id)
+            for name in names:
+                if known is None or name not in known:
+                    wanted[(device, key_ids[name])] = (job.device_id, name)
+        return wanted
+
+    def _points_of(self, jobs: Sequence[_Job]) -> Points:
+        """The jobs' points, one per (series, ts): a later document's replaces an earlier's."""
+        cache = self._device_series
+        sids: list[int] = []
+        stamps: list[int] = []
+        values: list[float] = []
+        # Each device's span of ts so far: documents of one device whose spans do not
+        # overlap (a device sends its readings in order) cannot share a point.
+        spans: dict[str, tuple[int, int]] = {}
+        overlap = False
+        for job in jobs:
+            cols = job.cols
+            if not cols:
+                continue
+            sids += map(cache[job.device_id].__getitem__, cols.keys)
+            stamps += cols.stamps
+            values += cols.values
+            span = spans.get(job.device_id)
+            if span is None:
+                spans[job.device_id] = (cols.first, cols.last)
+            elif cols.first > span[1]:
+                spans[job.device_id] = (span[0], cols.last)
+            elif cols.last < span[0]:
+                spans[job.device_id] = (cols.first, span[1])
+            else:
+                overlap = True
+        points = Points(sids, stamps, values, self._owners)
+        if overlap:
+            merged = points.as_dict()  # a later value replaces an earlier one
+            if len(merged) < len(sids):
+                points.series = [s for s, _ in merged]
+                points.stamps = [t for _, t in merged]
+                points.values = list(merged.values())
+        return points
 
     async def _write(self, jobs: list[_Job]) -> tuple[set[str], list[str], bool]:
         """Store the jobs in one transaction; returns the device ids that still exist,
         those that came online with this data, and whether alerts fired or cleared."""
-        key_ids = await self._key_ids_for({r.key for job in jobs for r in job.readings})
-        series_ids = await self._series_for(jobs, key_ids)
-        stamps = [r.ts for job in jobs for r in job.readings]
-        if stamps:
-            await self._partitions.ensure_range(min(stamps), max(stamps))
+        key_ids = await self._key_ids_for(set().union(*[job.cols.names for job in jobs]))
+        await self._series_for(jobs, key_ids)
+        filled = [job.cols for job in jobs if job.cols]
+        if filled:
+            await self._partitions.ensure_range(
+                min([c.first for c in filled]), max([c.last for c in filled])
+            )
         # Built before the transaction: its first statement locks the device rows, which
         # another worker's batch of the same devices waits for until this one commits.
         device_ids = sorted({job.device_id for job in jobs})
-        points, owners = _points_of(jobs, key_ids, series_ids)
+        points = self._points_of(jobs)
         now_ms = epoch_ms()
         async with self._factory() as session, session.begin():
             # Touching the device rows first also locks them against a concurrent delete.
@@ -353,27 +438,25 @@ class BatchWriter:
             alive = set(incarnations)
             if len(alive) < len(device_ids):
                 # Some were deleted meanwhile: their readings go nowhere.
-                points, owners = _points_of(
-                    [job for job in jobs if job.device_id in alive], key_ids, series_ids
-                )
+                points = self._points_of([job for job in jobs if job.device_id in alive])
             alerted = False
             if self._evaluate_alerts and alive:
                 # Before the points are stored: latest_values still holds the newest
                 # earlier point, which tells evaluation which of these points are late.
-                by_device: dict[str, list[Reading]] = {}
+                parts: dict[str, list[Readings]] = {}
                 for job in jobs:
                     if job.device_id in alive:
-                        by_device.setdefault(job.device_id, []).extend(job.readings)
+                        parts.setdefault(job.device_id, []).append(job.cols)
                 changes = await alerts.evaluate(
                     session,
-                    by_device,
+                    {d: Readings.join(p) for d, p in parts.items()},
                     now_ms=now_ms,
                     watch=self._watch,
                     incarnations=incarnations,
                 )
                 alerted = bool(changes)
             if points:
-                await self._store(session, points, owners)
+                await self._store(session, points)
         return alive, online_now, alerted
 
     async def _touch_devices(
@@ -384,6 +467,22 @@ class BatchWriter:
         the rows are locked (in id order) by its sub-select, which reads each row's status
         as it was before (RETURNING gives the new values only); SQLite, whose RETURNING
         cannot name the sub-select, takes two."""
+        if session.get_bind().dialect.name == "postgresql":
+            # The statement as text, sent by asyncpg as a prepared statement: building and
+            # compiling it with SQLAlchemy was ~13 % of a batch writer's CPU.
+            connection = await session.connection()
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            rows = await driver.fetch(
+                _PG_TOUCH_DEVICES if self._transport else _PG_TOUCH_DEVICES_KEEP_TRANSPORT,
+                utcnow(),
+                now_ms,
+                self._offline_after_s,
+                device_ids,
+                *([self._transport] if self._transport else []),
+            )
+            came_online = sorted(row[0] for row in rows if row[3] != "online")
+            return came_online, [(row[0], row[1], row[2]) for row in rows]
         window_s = func.coalesce(Device.interval_s * OFFLINE_INTERVALS, self._offline_after_s)
         values: dict[str, Any] = {
             "last_seen": utcnow(),
@@ -391,24 +490,6 @@ class BatchWriter:
             "offline_at_ms": literal(now_ms, BigInteger) + window_s * 1000,
             **({"transport": self._transport} if self._transport else {}),
         }
-        if session.get_bind().dialect.name == "postgresql":
-            before = (
-                select(Device.id, Device.status)
-                .where(Device.id.in_(device_ids))
-                .order_by(Device.id)
-                .with_for_update()
-                .subquery("before")
-            )
-            rows = (
-                await session.execute(
-                    update(Device)
-                    .where(Device.id == before.c.id)
-                    .values(**values)
-                    .returning(Device.id, Device.owner_id, Device.registered_at, before.c.status)
-                )
-            ).all()
-            came_online = sorted(row[0] for row in rows if row[3] != "online")
-            return came_online, [(row[0], row[1], row[2]) for row in rows]
         came = await session.execute(
             update(Device)
             .where(Device.id.in_(device_ids), Device.status != "online")
@@ -424,29 +505,28 @@ class BatchWriter:
         )
         return came_online, [(row[0], row[1], row[2]) for row in result]
 
-    async def _store(
-        self, session: AsyncSession, points: dict[PointKey, float], owners: dict[int, Pair]
-    ) -> None:
-        """`owners` says whose (device, key) each series is."""
+    async def _store(self, session: AsyncSession, points: Points) -> None:
         if len(points) >= COPY_THRESHOLD and session.get_bind().dialect.name == "postgresql":
-            await _copy_store(session, points, owners)
+            await _copy_store(session, points)
             return
+        owners = points.owners
+        values = points.as_dict()
         stmt = dialect_insert(session, Point)
         result = await session.execute(
             stmt.on_conflict_do_nothing(index_elements=["series", "ts"]).returning(
                 Point.series, Point.ts
             ),
-            [{"series": s, "ts": t, "value": v} for (s, t), v in points.items()],
+            [{"series": s, "ts": t, "value": v} for (s, t), v in values.items()],
         )
         fresh: set[PointKey] = {(s, t) for s, t in result}
         await rollups.add(
-            session, rollups.increments(((*owners[s], t), points[(s, t)]) for s, t in fresh)
+            session, rollups.increments(((*owners[s], t), values[(s, t)]) for s, t in fresh)
         )
-        if len(fresh) < len(points):
-            changed = await _overwrite(session, {p: v for p, v in points.items() if p not in fresh})
+        if len(fresh) < len(values):
+            changed = await _overwrite(session, {p: v for p, v in values.items() if p not in fresh})
             await rollups.recompute(session, [(s, *owners[s], t) for s, t in changed])
         newest: dict[int, dict[str, Any]] = {}
-        for (s, t), v in points.items():
+        for (s, t), v in values.items():
             current = newest.get(s)
             if current is None or t >= current["ts"]:
                 device, key_id = owners[s]
@@ -462,30 +542,20 @@ class BatchWriter:
         )
 
 
-def _points_of(
-    jobs: Sequence[_Job], key_ids: dict[str, int], series_ids: dict[Pair, int]
-) -> tuple[dict[PointKey, float], dict[int, Pair]]:
-    """The jobs' points, one per (series, ts), and whose (device, key) each series is."""
-    points: dict[PointKey, float] = {}
-    owners: dict[int, Pair] = {}
-    for job in jobs:
-        device = mac_to_int(job.device_id)
-        # A document has few keys and many readings: each key's series is looked up once
-        # (1.3 -> 0.8 ms for 5,100 readings; this loop was 14 % of a worker's samples with
-        # 150-reading documents).
-        by_key: dict[str, int] = {}
-        for r in job.readings:
-            sid = by_key.get(r.key)
-            if sid is None:
-                pair = (device, key_ids[r.key])
-                sid = by_key[r.key] = series_ids[pair]
-                owners[sid] = pair
-            point = (sid, r.ts)
-            # Re-inserting moves the key to the end: the later document wins.
-            points.pop(point, None)
-            points[point] = r.value
-    return points, owners
-
+# `_touch_devices` on PostgreSQL: the sub-select locks the rows in id order and reads each
+# status as it was (RETURNING gives only the new values). $1 now, $2 now in epoch ms, $3 the
+# default offline window (s), $4 the device ids, $5 the transport.
+_PG_TOUCH_DEVICES = f"""
+UPDATE devices SET last_seen = $1, status = 'online',
+    offline_at_ms = $2::bigint + coalesce(devices.interval_s * {OFFLINE_INTERVALS}, $3) * 1000
+    {{transport}}
+FROM (SELECT id, status FROM devices WHERE id = ANY($4::varchar[]) ORDER BY id FOR UPDATE)
+    AS before
+WHERE devices.id = before.id
+RETURNING devices.id, devices.owner_id, devices.registered_at, before.status
+"""  # noqa: S608 (constants only)
+_PG_TOUCH_DEVICES_KEEP_TRANSPORT = _PG_TOUCH_DEVICES.format(transport="")
+_PG_TOUCH_DEVICES = _PG_TOUCH_DEVICES.format(transport=", transport = $5")
 
 # From this many readings on, PostgreSQL gets them by COPY (see `_copy_store`); below it
 # the round trips cost more than a multi-row upsert.
@@ -493,97 +563,53 @@ COPY_THRESHOLD = 200
 _STAGE = "sensorium_points_stage"
 _CREATE_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS sensorium_points_stage "
-    "(series bigint, device bigint, key_id integer, ts bigint, value double precision) "
-    "ON COMMIT DELETE ROWS"
-)
-_MERGE_LATEST = (
-    "INSERT INTO latest_values (device, key_id, ts, value) "
-    "SELECT DISTINCT ON (device, key_id) device, key_id, ts, value FROM sensorium_points_stage "
-    "ORDER BY device, key_id, ts DESC "
-    "ON CONFLICT (device, key_id) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value "
-    "WHERE EXCLUDED.ts >= latest_values.ts"
-)
-# The newest point of each (device, key), as arrays sorted by (device, key).
-_UPSERT_LATEST = (
-    "INSERT INTO latest_values (device, key_id, ts, value) "
-    "SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::float8[]) "
-    "ON CONFLICT (device, key_id) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value "
-    "WHERE EXCLUDED.ts >= latest_values.ts"
+    "(series bigint, ts bigint, value double precision) ON COMMIT DELETE ROWS"
 )
 _SAVEPOINT = "sensorium_copy"
 # asyncpg connections that already have the staging table (it lives per connection).
 _staged: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-async def _copy_store(
-    session: AsyncSession, points: dict[PointKey, float], owners: dict[int, Pair]
-) -> None:
-    """Optimistic: COPY straight into `points`, which is only possible when none of them is
-    stored yet, and true of everything but a redelivery (a worker died before its acks went
-    out, or a device re-sent). The staged merge this falls back to costs ~2.5x as much:
-    its `INSERT ... SELECT ... ON CONFLICT` into `points` was 21 of a 48 ms flush of 5,100
-    rows, where the COPY takes ~9 (docs/benchmarks.md, "MQTT ingest").
-
-    The COPY runs under a savepoint: a unique violation (a point already stored) rolls back
-    just the COPY, and the same points go through `_staged_store`, which overwrites (the
-    later value wins) and recomputes the buckets that changed. The batch itself is free of
-    duplicates (a dict)."""
+async def _copy_store(session: AsyncSession, points: Points) -> None:
+    """The points go to PostgreSQL once, by COPY into the staging table. Then, optimistic:
+    one statement (`PG_STORE_NEW`) inserts them into `points`, their buckets and the newest
+    into latest_values, which is only possible when none of them is stored yet: true of
+    everything but a redelivery (a worker died before its acks went out, or a device
+    re-sent). It runs under a savepoint: a unique violation (a point already stored) rolls
+    back just that statement, and `_staged_store` merges the same staged points instead,
+    overwriting (the later value wins) and recomputing the buckets that changed. The batch
+    itself is free of duplicates (`_points_of`)."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    await driver.execute(f"SAVEPOINT {_SAVEPOINT}")
-    try:
-        await driver.copy_records_to_table(
-            "points",
-            records=[(s, t, v) for (s, t), v in points.items()],
-            columns=("series", "ts", "value"),
-        )
-    except asyncpg.UniqueViolationError:
-        await driver.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-        await _staged_store(session, driver, points, owners)
-        return
-    await driver.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
-    # Every point was new: each adds to its buckets (what PG_MERGE does for the new ones).
-    series_ids: list[int] = []
-    stamps: list[int] = []
-    values: list[float] = []
-    newest: dict[int, int] = {}
-    for (s, t), v in points.items():
-        series_ids.append(s)
-        stamps.append(t)
-        values.append(v)
-        if t >= newest.get(s, t):
-            newest[s] = t
-    await driver.execute(rollups.PG_ADD_NEW, series_ids, stamps, values)
-    latest = sorted((*owners[s], t, points[(s, t)]) for s, t in newest.items())
-    await driver.execute(
-        _UPSERT_LATEST,
-        [row[0] for row in latest],
-        [row[1] for row in latest],
-        [row[2] for row in latest],
-        [row[3] for row in latest],
-    )
-
-
-async def _staged_store(
-    session: AsyncSession, driver: Any, points: dict[PointKey, float], owners: dict[int, Pair]
-) -> None:
-    """Points some of which may be stored already: COPY into a staging table, insert the
-    new ones, overwrite the changed ones."""
     if driver not in _staged:
         await driver.execute(_CREATE_STAGE)
         _staged.add(driver)
-    records = [(s, *owners[s], t, v) for (s, t), v in points.items()]
     await driver.copy_records_to_table(
-        _STAGE, records=records, columns=("series", "device", "key_id", "ts", "value")
+        _STAGE,
+        records=zip(points.series, points.stamps, points.values, strict=True),
+        columns=("series", "ts", "value"),
     )
+    await driver.execute(f"SAVEPOINT {_SAVEPOINT}")
+    try:
+        await driver.fetch(rollups.PG_STORE_NEW)
+    except asyncpg.UniqueViolationError:
+        await driver.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        await _staged_store(session, driver, len(points))
+        return
+    await driver.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+
+
+async def _staged_store(session: AsyncSession, driver: Any, count: int) -> None:
+    """The staged points, some of which may be stored already: insert the new ones,
+    overwrite the changed ones."""
     fresh = await driver.fetchval(rollups.PG_MERGE)
-    if fresh < len(records):
+    if fresh < count:
         changed = await driver.fetch(rollups.PG_OVERWRITE)
         if changed:
             await rollups.recompute(session, [(r[0], r[1], r[2], r[3]) for r in changed])
-    await driver.execute(_MERGE_LATEST)
+    await driver.execute(rollups.PG_MERGE_LATEST)
 
 
 async def _overwrite(session: AsyncSession, points: dict[PointKey, float]) -> list[PointKey]:

@@ -48,9 +48,9 @@ from sensorium.protocol import (
     StatusReport,
     parse_command_result,
     parse_log,
+    parse_readings,
     parse_state_document,
     parse_status,
-    parse_telemetry,
     parse_uplink_topic,
     uplink_subscriptions,
 )
@@ -382,7 +382,7 @@ class MqttIngest:
         elif parsed.kind == KIND_TELEMETRY:
             now = epoch_ms()
             try:
-                readings = parse_telemetry(
+                readings = parse_readings(
                     message.payload, now_ms=now, oldest_ms=now - self._retention_ms
                 )
             except ProtocolError as exc:
