@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 from typing import Any
 
@@ -25,9 +24,17 @@ def freeze_startup_objects() -> None:
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait until it has finished."""
+    """Cancel a background task and wait until it has finished.
+
+    Only the task's own cancellation is swallowed: when the caller is cancelled while it
+    waits (a timeout around a shutdown), that is raised, not mistaken for the task's."""
     if task is None:
         return
+    current = asyncio.current_task()
+    requests = current.cancelling() if current is not None else 0
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        if current is not None and current.cancelling() > requests:
+            raise

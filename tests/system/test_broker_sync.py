@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import select, update
 
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker import dynsec
 from sensorium.broker.admin import DynsecError
+from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.broker.models import BrokerChange
+from sensorium.broker.provisioner import BrokerProvisioner
 from sensorium.broker.service import Outbox, deliver, reconcile
 from sensorium.config import Settings
 from sensorium.db import create_engine, session_factory, utcnow
@@ -108,5 +112,28 @@ async def test_outbox_delivers_in_order_and_stops_at_a_failure(
                 await session.delete(await session.get(BrokerChange, left[0].id))
             assert await deliver(sessions, admin, outbox) == 1
             assert await admin.get_client("0200000002aa") is not None
+    finally:
+        await engine.dispose()
+
+
+async def test_the_provisioner_stops_when_poked_just_as_it_is_stopped(
+    settings: Settings, broker: EmbeddedBroker
+) -> None:
+    """A poke (a registration) that lands with the stop: Python 3.11's `asyncio.wait_for`
+    returned the finished wait and swallowed the cancellation, so the provisioner went on
+    polling and `stop()` (the server's shutdown) never returned."""
+    assert broker.address is not None
+    (admin_user, admin_pw), _ = settings.mqtt_credentials()
+    endpoint = MqttEndpoint(broker.address.host, broker.address.port, admin_user, admin_pw)
+    engine = create_engine(settings.database_url)
+    try:
+        for _ in range(3):
+            provisioner = BrokerProvisioner(
+                session_factory(engine), endpoint, Outbox(settings.resolved_secret_key())
+            )
+            await provisioner.start()
+            await provisioner.wait_idle()
+            async with asyncio.timeout(5):
+                await provisioner.stop()
     finally:
         await engine.dispose()

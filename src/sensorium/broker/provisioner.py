@@ -147,8 +147,12 @@ class BrokerProvisioner:
                             if await pending_changes(self._sessions):
                                 continue
                         self._rounds += 1
+                        # Not asyncio.wait_for: on Python 3.11 a poke that lands with a
+                        # stop makes it return the finished wait and swallow the
+                        # cancellation, and this loop would never end.
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                            async with asyncio.timeout(self._poll_s):
+                                await self._wake.wait()
                         self._wake.clear()
             except asyncio.CancelledError:
                 raise
