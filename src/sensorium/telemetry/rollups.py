@@ -195,13 +195,17 @@ key_columns = frozenset({"device", "key_id", "grain", "bucket"})
 # of re-aggregating every point for each grain took the statement from 16 to 9 ms for a
 # 5,100-point batch. (The grains are GRAINS, checked by tests/telemetry/test_rollups.py;
 # the sums are added in another order than point by point, which rounding aside is the same.)
+# A minute's first and last value are those of the smallest and largest [ts, value] pair
+# (the points are one per (series, ts), and a ts is exact as a double up to 2^53): an
+# array_agg(value ORDER BY ts) per bucket sorted and copied every value for its first
+# (4.0 -> 1.3 ms of PostgreSQL's CPU for this CTE alone over 5,100 staged points).
 _BUCKETS = """
 m AS (
     SELECT i.series, i.ts - i.ts % 60000 AS bucket,
            min(i.value) AS vmin, max(i.value) AS vmax, sum(i.value) AS vsum,
            count(*) AS n, min(i.ts) AS first_ts,
-           (array_agg(i.value ORDER BY i.ts))[1] AS first_value, max(i.ts) AS last_ts,
-           (array_agg(i.value ORDER BY i.ts DESC))[1] AS last_value
+           (min(ARRAY[i.ts::float8, i.value]))[2] AS first_value, max(i.ts) AS last_ts,
+           (max(ARRAY[i.ts::float8, i.value]))[2] AS last_value
     FROM {points}
     GROUP BY i.series, i.ts - i.ts % 60000
 ), r AS (
@@ -265,16 +269,24 @@ _MERGE_LATEST = """
 """
 # The COPY path's usual case, where none of the staged points is stored yet (everything
 # but a redelivery): in one statement they go into `points`, into their buckets and, each
-# series' newest, into latest_values. A point already stored fails it (unique violation):
-# the writer rolls back to a savepoint and takes PG_MERGE instead. The points reach
-# PostgreSQL once, by COPY into the staging table: sending them again as arrays for the
-# rollups cost the writer more CPU than the COPY (asyncpg checks every array element
-# against collections.abc.Iterable).
+# series' newest (the last of its newest minute), into latest_values. A point already
+# stored fails it (unique violation): the writer rolls back to a savepoint and takes
+# PG_MERGE instead. The points reach PostgreSQL once, by COPY into the staging table:
+# sending them again as arrays for the rollups cost the writer more CPU than the COPY
+# (asyncpg checks every array element against collections.abc.Iterable).
 PG_STORE_NEW = """
 WITH ins AS (
     INSERT INTO points (series, ts, value) SELECT series, ts, value FROM sensorium_points_stage
-), latest AS ({latest}), {buckets}{upsert}""".format(  # noqa: S608 (constants only)
-    latest=_MERGE_LATEST,
+), {buckets}, latest AS (
+    INSERT INTO latest_values (device, key_id, ts, value)
+    SELECT s.device, s.key_id, n.last_ts, n.last_value
+    FROM (SELECT DISTINCT ON (series) series, last_ts, last_value FROM m
+          ORDER BY series, last_ts DESC) n
+    JOIN series s ON s.id = n.series
+    ORDER BY s.device, s.key_id
+    ON CONFLICT (device, key_id) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+    WHERE EXCLUDED.ts >= latest_values.ts
+){upsert}""".format(  # noqa: S608 (constants only)
     buckets=_BUCKETS.format(points="sensorium_points_stage i"),
     upsert=_UPSERT_BUCKETS,
 )
