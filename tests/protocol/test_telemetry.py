@@ -772,3 +772,13 @@ def test_readings_of_a_list_keep_the_later_of_a_repeated_point_and_its_newest(
     assert in_order.ordered
     unknown_order = Readings(in_order.keys, in_order.stamps, in_order.values, ordered=False)
     assert in_order.newest() == unknown_order.newest()
+    # Several documents' readings one after the other (what alert evaluation gets).
+    empty = Readings.of([])
+    joined = Readings.join([columns, empty, in_order])
+    assert list(joined) == list(columns) + list(in_order)
+    assert joined.names == {r.key for r in readings}
+    if readings:
+        assert (joined.first, joined.last) == (
+            min(r.ts for r in readings),
+            max(r.ts for r in readings),
+        )

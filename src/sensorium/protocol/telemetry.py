@@ -121,7 +121,13 @@ class Readings(Sequence[Reading]):
             stamps += part.stamps
             values += part.values
         return cls(
-            keys, stamps, values, names=set().union(*[p.names for p in parts]), ordered=False
+            keys,
+            stamps,
+            values,
+            names=set().union(*[p.names for p in parts]),
+            ordered=False,
+            first=min([p.first for p in parts if p], default=0),
+            last=max([p.last for p in parts if p], default=0),
         )
 
     def __len__(self) -> int:
