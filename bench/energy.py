@@ -432,6 +432,12 @@ def measure_warm(
         "baseline_p50_ms": round(percentile(base, 50), 1),
         "baseline_p99_ms": round(percentile(base, 99), 1),
         "same_answer": same,
+        # The tail: the slowest runs (which run, ms, and the baseline request right after
+        # it: slow too when others' work held up the machine, not the summary).
+        "slowest": [
+            {"run": i, "ms": round(warm[i], 1), "baseline_after_ms": round(base[i], 1)}
+            for i in sorted(range(len(warm)), key=lambda i: -warm[i])[:5]
+        ],
         "figures": {k: _rounded(v) for k, v in first.items() if k != "meters"},
         "met": percentile(warm, 99) < TARGET_MS,
     }

@@ -53,7 +53,7 @@ def test_bridging_splits_a_trapezoid_at_slot_edges() -> None:
     integrator = Integrator(slots, counter=False, max_gap_ms=HOUR)
     # 0 W rising to 1000 W over the hour: 500 Wh, 125 in the first half, 375 in the second.
     integrator.bridge(0, 0.0, HOUR, 1000.0)
-    assert slots.wh == [pytest.approx(125.0), pytest.approx(375.0)]
+    assert slots.wh.tolist() == [pytest.approx(125.0), pytest.approx(375.0)]
     assert integrator.missing == []
 
 
@@ -63,7 +63,7 @@ def test_a_counter_reset_counts_the_new_value_and_a_long_gap_past_it_is_missing(
     integrator.bridge(0, 10.0, HOUR, 11.0)  # +1 kWh
     integrator.bridge(HOUR, 11.0, HOUR + MINUTE, 0.25)  # reset: 0.25 kWh since
     integrator.bridge(2 * HOUR, 3.0, 5 * HOUR, 0.5)  # reset during a 3-hour gap
-    assert slots.wh == [pytest.approx(1000.0), pytest.approx(250.0), pytest.approx(500.0)]
+    assert slots.wh.tolist() == [pytest.approx(1000.0), pytest.approx(250.0), pytest.approx(500.0)]
     assert integrator.missing == [(2 * HOUR, 5 * HOUR)]
     assert slots.missing_ms == [0, 0, 3 * HOUR]
 
@@ -182,3 +182,33 @@ def test_local_minutes_and_prices_per_minute_agree_with_datetimes(zone: str) -> 
         assert minute // 1440 == (at.date() - datetime(1970, 1, 1).date()).days
         assert minute % 1440 == at.hour * 60 + at.minute
         assert table.at_minute(minute) == table.at(at)
+
+
+@pytest.mark.parametrize(
+    ("spikes", "expected"),
+    [
+        # The same maximum on two whole days: the first day's first hour with it.
+        ({"2026-06-02T05:30": 1500.0, "2026-06-03T10:17": 2000.0, "2026-06-04T08:05": 2000.0},
+         "2026-06-03T10:17"),
+        # In the first, partial day (the period starts at local midnight, 22:00 UTC)...
+        ({"2026-05-31T23:40": 2500.0, "2026-06-03T10:17": 2500.0}, "2026-05-31T23:40"),
+        # ... and in the last one's hours.
+        ({"2026-06-03T10:17": 2000.0, "2026-06-05T03:12": 2600.0}, "2026-06-05T03:12"),
+    ],
+)  # fmt: skip
+async def test_the_peak_is_the_first_highest_reading_across_days(
+    api: Api, spikes: dict[str, float], expected: str
+) -> None:
+    # The month's whole UTC days are looked up by their day rollups, the hours around
+    # them by their hour rollups.
+    owner = await api.account()
+    device = await api.device(owner)
+    at = {ms(f"{t}:00+00:00"): w for t, w in spikes.items()}
+    start, end = ms("2026-05-31T20:00:00+00:00"), ms("2026-06-05T12:00:00+00:00")
+    await store(api, device, readings("power", start, end, MINUTE, lambda t: at.get(t, 500.0)))
+    body = await get(
+        api, "/api/v1/energy/summary", owner.headers,
+        device=device.id, period="month", at="2026-06-05T12:00:00+00:00", tz="Europe/Berlin",
+    )  # fmt: skip
+    assert body["peak"]["w"] == max(spikes.values())
+    assert body["peak"]["at_ms"] == ms(f"{expected}:00+00:00")

@@ -7,23 +7,24 @@ into sites, slots into local hours/days/months and tariff windows, and prices th
 from __future__ import annotations
 
 import functools
-import operator
 import statistics
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, select
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.db import epoch_ms
 from sensorium.devices.models import Device
 from sensorium.devices.service import get_device
 from sensorium.energy import tariffs
-from sensorium.energy.integrate import HOUR_MS, Slots, Stretch
+from sensorium.energy.integrate import HOUR_MS, Slots, Stretch, sequential_sum
 from sensorium.energy.meters import (
     POWER_KEY,
     CacheEntries,
@@ -45,6 +46,7 @@ from sensorium.users.models import User
 
 DEFAULT_MAX_GAP_S = 900
 MINUTE_MS = 60_000
+DAY_MS = 86_400_000
 # The longest ranges a request may cover, so one request cannot read years of hours.
 MAX_SPAN_MS = {"1h": 93 * 86_400_000, "1d": 1_100 * 86_400_000, "1mo": 3_700 * 86_400_000}
 NIGHT_HOURS = range(6)  # local 00:00-06:00, where base load is measured
@@ -294,18 +296,56 @@ def local(ms: int, tz: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz)
 
 
-@functools.lru_cache(maxsize=1 << 17)
-def offset_ms(ms: int, tz: ZoneInfo) -> int:
-    """The zone's offset from UTC at an instant, in ms (remembered like `local`)."""
-    offset = local(ms, tz).utcoffset()
+def _offset_of(ms: int, tz: ZoneInfo) -> int:
+    offset = datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz).utcoffset()
     return int(offset.total_seconds() * 1000) if offset else 0
 
 
-def local_minutes(instants: Sequence[int], tz: ZoneInfo) -> list[int]:
+@functools.lru_cache(maxsize=1024)
+def _transitions(tz: ZoneInfo, first_day: int, last_day: int) -> tuple[list[int], list[int]]:
+    """The instants in [first_day, last_day] (UTC midnights) where the zone's offset
+    changes, and its offset before the first and from each on (ms). Sampled at every UTC
+    midnight, each change then found to the ms by bisection: no zone in the tz database
+    changes its offset twice within 24 hours (none since 1970)."""
+    edges: list[int] = []
+    offsets = [_offset_of(first_day, tz)]
+    for day in range(first_day + DAY_MS, last_day + 1, DAY_MS):
+        offset = _offset_of(day, tz)
+        if offset == offsets[-1]:
+            continue
+        lo, hi = day - DAY_MS, day  # the old offset at lo, the new one at hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _offset_of(mid, tz) == offsets[-1]:
+                lo = mid
+            else:
+                hi = mid
+        edges.append(hi)
+        offsets.append(offset)
+    return edges, offsets
+
+
+def offsets_ms(instants: NDArray[np.int64], tz: ZoneInfo) -> NDArray[np.int64]:
+    """Each instant's offset from UTC in ms, without a datetime per instant (a year's
+    summary has 8,800 hourly slots): the zone's changes over their span (remembered),
+    then a binary search per instant."""
+    if not len(instants):
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = int(instants.min()), int(instants.max())
+    edges, offsets = _transitions(tz, lo - lo % DAY_MS, hi - hi % DAY_MS + DAY_MS)
+    if not edges:
+        return np.full(len(instants), offsets[0], dtype=np.int64)
+    where = np.searchsorted(np.asarray(edges, dtype=np.int64), instants, side="right")
+    return np.asarray(offsets, dtype=np.int64)[where]
+
+
+def local_minutes(instants: Sequence[int] | NDArray[np.int64], tz: ZoneInfo) -> NDArray[np.int64]:
     """Each instant's local wall-clock time as whole minutes since 1970-01-01 00:00 local
-    time: its local date, hour and minute without a datetime per instant (a year's
-    summary has 8,800 hourly slots). m // 1440 is the local day, m // 60 % 24 the hour."""
-    return [(t + offset_ms(t, tz)) // MINUTE_MS for t in instants]
+    time: its local date, hour and minute without a datetime per instant. m // 1440 is
+    the local day, m // 60 % 24 the hour."""
+    t = np.asarray(instants, dtype=np.int64)
+    result: NDArray[np.int64] = (t + offsets_ms(t, tz)) // MINUTE_MS
+    return result
 
 
 def local_ms(day: date, tz: ZoneInfo, at: datetime | None = None) -> int:
@@ -329,17 +369,21 @@ def make_cuts(
     """Slot edges for [start, end): every UTC hour (the unit of the cache), the given
     edges, every instant the price may change, and with `local_hours` every local hour
     (differs from UTC hours in zones with a :30 or :45 offset)."""
-    cuts = {start, end, *(e for e in edges if start < e < end)}
     first = start - start % HOUR_MS
-    cuts.update(range(first + HOUR_MS, end, HOUR_MS))
+    parts = [
+        np.array([start, end], dtype=np.int64),
+        np.arange(first + HOUR_MS, end, HOUR_MS, dtype=np.int64),
+        np.array([e for e in edges if start < e < end], dtype=np.int64),
+    ]
     if local_hours:
-        for hour in range(first, end, HOUR_MS):
-            shift = -offset_ms(hour, tz) % HOUR_MS
-            if shift and start < hour + shift < end:
-                cuts.add(hour + shift)
+        hours = np.arange(first, end, HOUR_MS, dtype=np.int64)
+        shift = -offsets_ms(hours, tz) % HOUR_MS
+        local_hour = hours + shift
+        parts.append(local_hour[(shift != 0) & (local_hour > start) & (local_hour < end)])
     if prices is not None:
-        cuts.update(prices.changes(start, end, tz))
-    return sorted(cuts)
+        parts.append(np.array(prices.changes(start, end, tz), dtype=np.int64))
+    cuts: list[int] = np.unique(np.concatenate(parts)).tolist()
+    return cuts
 
 
 @dataclass(slots=True)
@@ -405,17 +449,18 @@ def slot_prices(
     slots: Slots,
     prices: tariffs.PriceTable | None,
     tz: ZoneInfo,
-    minutes: Sequence[int] | None = None,
-) -> list[float]:
+    minutes: NDArray[np.int64] | None = None,
+) -> NDArray[np.float64]:
     """The price per kWh of each slot (one price per slot: price changes are slot edges).
     `minutes`: local_minutes of the slots' cuts, when known."""
+    n = len(slots.wh)
     if prices is None:
-        return [0.0] * len(slots.wh)
+        return np.zeros(n)
     if not prices.windows:
-        return [prices.flat] * len(slots.wh)
+        return np.full(n, prices.flat)
     if minutes is None:
         minutes = local_minutes(slots.cuts, tz)
-    return list(map(prices.at_minute, minutes[: len(slots.wh)]))
+    return prices.at_minutes(minutes[:n])
 
 
 def local_days(start: int, end: int, tz: ZoneInfo) -> list[date]:
@@ -424,6 +469,13 @@ def local_days(start: int, end: int, tz: ZoneInfo) -> list[date]:
         return []
     first, last = local(start, tz).date(), local(end - 1, tz).date()
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def local_day_count(start: int, end: int, tz: ZoneInfo) -> int:
+    """How many local dates [start, end) touches: len(local_days(...))."""
+    if end <= start:
+        return 0
+    return (local(end - 1, tz).date() - local(start, tz).date()).days + 1
 
 
 def _stretches(stretches: Sequence[Stretch], tz: ZoneInfo) -> list[dict[str, Any]]:
@@ -438,7 +490,7 @@ def figures(
     scope: Scope,
     tz: ZoneInfo,
     prices: tariffs.PriceTable | None,
-    per_slot: Sequence[float] | None = None,
+    per_slot: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     slots = energy.total
     kwh = slots.total() / 1000.0
@@ -448,7 +500,7 @@ def figures(
         if per_slot is None:
             per_slot = slot_prices(slots, prices, tz)
         energy_cost = _slot_cost(slots, per_slot)
-        days = len(local_days(slots.start, slots.end, tz))
+        days = local_day_count(slots.start, slots.end, tz)
         standing = days * tariff.standing_charge_per_day if scope.standing else 0.0
         cost = energy_cost + standing
         if tariff.co2_g_per_kwh is not None:
@@ -501,51 +553,91 @@ def period_bounds(period: str, at_ms: int, tz: ZoneInfo) -> tuple[int, int, int]
 
 
 def base_load_w(
-    slots: Slots, tz: ZoneInfo, until: int, minutes: Sequence[int] | None = None
+    slots: Slots, tz: ZoneInfo, until: int, minutes: NDArray[np.int64] | None = None
 ) -> float | None:
     """The typical night minimum: per local night, the lowest average power of a complete
     slot of at least half an hour between 00:00 and 06:00; the median over nights.
     `minutes`: local_minutes of the slots' cuts, when known."""
     if minutes is None:
         minutes = local_minutes(slots.cuts, tz)
-    cuts, missing = slots.cuts, slots.missing_ms
-    lowest: dict[int, float] = {}  # local day -> W
+    n = len(slots.wh)
+    if not n:
+        return None
+    cuts = np.asarray(slots.cuts, dtype=np.int64)
+    a, b, first = cuts[:-1], cuts[1:], minutes[:n]
     night = NIGHT_HOURS.stop * 60  # the first local minute of the day past the night
-    for i, wh in enumerate(slots.wh):
-        minute = minutes[i] % 1440
-        if minute >= night:
-            continue
-        a, b = cuts[i], cuts[i + 1]
-        if b - a < HOUR_MS // 2 or b > until or missing[i]:
-            continue
-        if (b - 1 + offset_ms(b - 1, tz)) // MINUTE_MS % 1440 >= night:
-            continue
-        watts = wh * HOUR_MS / (b - a)
-        day = minutes[i] // 1440
-        lowest[day] = min(lowest.get(day, watts), watts)
-    return statistics.median(lowest.values()) if lowest else None
+    last = local_minutes(b - 1, tz)  # the slot's last local minute
+    usable = (
+        (first % 1440 < night)
+        & (b - a >= HOUR_MS // 2)
+        & (b <= until)
+        & (np.asarray(slots.missing_ms, dtype=np.int64) == 0)
+        & (last % 1440 < night)
+    )
+    if not usable.any():
+        return None
+    watts = slots.wh[usable] * HOUR_MS / (b - a)[usable]
+    days, which = np.unique(first[usable] // 1440, return_inverse=True)
+    lowest = np.full(len(days), np.inf)
+    np.minimum.at(lowest, which, watts)
+    return float(statistics.median(lowest.tolist()))
 
 
 def hourly_profile(
-    slots: Slots, tz: ZoneInfo, until: int, minutes: Sequence[int] | None = None
+    slots: Slots, tz: ZoneInfo, until: int, minutes: NDArray[np.int64] | None = None
 ) -> list[float | None]:
     """Average kWh in each local hour of the day (0-23), over the days it occurred.
     `minutes`: local_minutes of the slots' cuts, when known."""
     if minutes is None:
         minutes = local_minutes(slots.cuts, tz)
-    per_hour: dict[int, float] = {}  # local hours since 1970 -> Wh
-    get = per_hour.get
     n = len(slots.wh)
-    for a, minute, wh in zip(slots.cuts[:n], minutes[:n], slots.wh, strict=True):
-        if a >= until:
-            break
-        hour = minute // 60
-        per_hour[hour] = get(hour, 0.0) + wh
-    sums, counts = [0.0] * 24, [0] * 24
-    for hour, wh in per_hour.items():
-        sums[hour % 24] += wh / 1000.0
-        counts[hour % 24] += 1
-    return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+    k = min(n, bisect_left(slots.cuts, until, hi=n))  # slots that start before `until`
+    # Wh per local hour since 1970 (in time order: local hours never go back but repeat
+    # at a DST change, where the same hour follows itself), then per hour of the day.
+    hours, which = np.unique(minutes[:k] // 60, return_inverse=True)
+    per_hour = np.bincount(which, weights=slots.wh[:k], minlength=len(hours))
+    sums = np.bincount(hours % 24, weights=per_hour / 1000.0, minlength=24)
+    counts = np.bincount(hours % 24, minlength=24)
+    return [float(s) / int(c) if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+async def _peak_hour(
+    session: AsyncSession, device: int, key_id: int, a: int, b: int
+) -> tuple[float, int] | None:
+    """The first whole hour in [a, b) with the highest maximum, and that maximum: from
+    the day rollups of the whole UTC days in it and the hour rollups of the rest, then
+    the day's hours when a day has it (a year is 365 day rollups, not 8,760 hours; a day's
+    maximum is its hours' maximum, and a day starts before its hours, so the first hour
+    found is the first with that maximum)."""
+    day_a, day_b = -(-a // DAY_MS) * DAY_MS, b - b % DAY_MS
+
+    def hours(lo: int, hi: int) -> Any:
+        return and_(Rollup.grain == HOUR_MS, Rollup.bucket >= lo, Rollup.bucket < hi)
+
+    ranges = (
+        or_(
+            hours(a, day_a),
+            and_(Rollup.grain == DAY_MS, Rollup.bucket >= day_a, Rollup.bucket < day_b),
+            hours(day_b, b),
+        )
+        if day_a < day_b
+        else hours(a, b)
+    )
+
+    async def first_highest(where: Any) -> Any:
+        return (
+            await session.execute(
+                select(Rollup.vmax, Rollup.bucket, Rollup.grain)
+                .where(Rollup.device == device, Rollup.key_id == key_id, where)
+                .order_by(Rollup.vmax.desc(), Rollup.bucket)
+                .limit(1)
+            )
+        ).first()
+
+    row = await first_highest(ranges)
+    if row is not None and row[2] == DAY_MS:  # that day's first hour with that maximum
+        row = await first_highest(hours(int(row[1]), int(row[1]) + DAY_MS))
+    return (float(row[0]), int(row[1])) if row is not None else None
 
 
 async def peak_power(
@@ -562,22 +654,9 @@ async def peak_power(
     inner_a = -(-start // HOUR_MS) * HOUR_MS
     inner_b = max(inner_a, end - end % HOUR_MS)
     best: tuple[float, int, bool] | None = None  # (watts, ts or hour, is an hour)
-    row = (
-        await session.execute(
-            select(Rollup.vmax, Rollup.bucket)
-            .where(
-                Rollup.device == device,
-                Rollup.key_id == key_id,
-                Rollup.grain == HOUR_MS,
-                Rollup.bucket >= inner_a,
-                Rollup.bucket < inner_b,
-            )
-            .order_by(Rollup.vmax.desc(), Rollup.bucket)
-            .limit(1)
-        )
-    ).first()
+    row = await _peak_hour(session, device, key_id, inner_a, inner_b)
     if row is not None:
-        best = (float(row[0]), int(row[1]), True)
+        best = (row[0], row[1], True)
     for a, b in ((start, min(inner_a, end)), (max(inner_b, start), end)):
         if a >= b:
             continue
@@ -622,7 +701,7 @@ def slot_peak(slots: Slots) -> tuple[float, int] | None:
     """For meters without power readings: the highest average power over a slot of at
     least 15 minutes."""
     best: tuple[float, int] | None = None
-    for i, wh in enumerate(slots.wh):
+    for i, wh in enumerate(slots.wh.tolist()):
         a, b = slots.cuts[i], slots.cuts[i + 1]
         if b - a < HOUR_MS // 4:
             continue
@@ -726,11 +805,10 @@ async def summary(
     }
 
 
-def _slot_cost(slots: Slots, per_slot: Sequence[float]) -> float:
+def _slot_cost(slots: Slots, per_slot: NDArray[np.float64]) -> float:
     if len(slots.wh) != len(per_slot):
         raise ValueError("a price per slot")
-    total: float = sum(map(operator.mul, slots.wh, per_slot))
-    return total / 1000.0
+    return sequential_sum(slots.wh * per_slot) / 1000.0
 
 
 async def series(
@@ -761,7 +839,7 @@ async def series(
     cuts = make_cuts(from_ms, to_ms, tz, edges=plan.starts, prices=prices)
     energy = await scope_energy(session, scope=scope, cuts=cuts, now_ms=now_ms, cache=cache)
     total = energy.total
-    per_slot = slot_prices(total, prices, tz)
+    per_slot = slot_prices(total, prices, tz).tolist()
     starts = [s for s in plan.starts if s < to_ms]
     rows = [
         SeriesRow(
@@ -782,19 +860,20 @@ async def series(
     def row_of(ts: int) -> SeriesRow:
         return rows[max(0, bisect_right(starts, ts) - 1)]
 
-    for i, wh in enumerate(total.wh):
+    unmetered_wh = energy.unmetered.wh.tolist() if energy.unmetered is not None else []
+    for i, wh in enumerate(total.wh.tolist()):
         row = row_of(total.cuts[i])
         row.kwh += wh / 1000.0
         row.missing_ms += total.missing_ms[i]
         if row.energy_cost is not None:
             row.energy_cost += wh / 1000.0 * per_slot[i]
         if energy.unmetered is not None and row.unmetered_kwh is not None:
-            row.unmetered_kwh += energy.unmetered.wh[i] / 1000.0
+            row.unmetered_kwh += unmetered_wh[i] / 1000.0
     if scope.site_id is not None:
         for (device_id, _n, _r), meter in energy.meters:
             for row in rows:
                 row.meters[device_id] = 0.0
-            for i, wh in enumerate(meter.slots.wh):
+            for i, wh in enumerate(meter.slots.wh.tolist()):
                 row_of(meter.slots.cuts[i]).meters[device_id] += wh / 1000.0
     tariff = scope.tariff
     if tariff is not None:

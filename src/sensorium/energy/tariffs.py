@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
+from numpy.typing import NDArray
+
 DAY_MIN = 1440
 WEEK_MIN = 7 * DAY_MIN
 DAYS = {"all": range(7), "weekday": range(5), "weekend": range(5, 7)}
@@ -68,6 +71,7 @@ class PriceTable:
         self.flat = flat
         self.windows = list(windows)
         self._by_minute: list[float] = [flat] * WEEK_MIN
+        self._table: NDArray[np.float64] | None = None  # _by_minute as an array, when used
         for window in windows:
             for start, end in window.minutes_of_week():
                 self._by_minute[start:end] = [window.price_per_kwh] * (end - start)
@@ -80,6 +84,13 @@ class PriceTable:
         Thursday: its minute of the week is 3 days in)."""
         return self._by_minute[(minute + 3 * DAY_MIN) % WEEK_MIN]
 
+    def at_minutes(self, minutes: NDArray[np.int64]) -> NDArray[np.float64]:
+        """`at_minute` of many minutes at once."""
+        if self._table is None:
+            self._table = np.array(self._by_minute, dtype=np.float64)
+        prices: NDArray[np.float64] = self._table[(minutes + 3 * DAY_MIN) % WEEK_MIN]
+        return prices
+
     def changes(self, start_ms: int, end_ms: int, tz: ZoneInfo) -> list[int]:
         """The instants in (start_ms, end_ms) where a window begins or ends: the points where
         the price may change, so a stretch between two of them has one price."""
@@ -90,12 +101,26 @@ class PriceTable:
         )
         first = datetime.fromtimestamp(start_ms / 1000, tz).date() - timedelta(days=1)
         last = datetime.fromtimestamp(end_ms / 1000, tz).date()
-        out: list[int] = []
-        day: date = first
-        while day <= last:
-            out += (at for at in _instants(day, edges, tz) if start_ms < at < end_ms)
-            day += timedelta(days=1)
-        return out
+        instants = _instants_between(first, last, edges, tz)
+        inside: list[int] = instants[(instants > start_ms) & (instants < end_ms)].tolist()
+        return inside
+
+
+@functools.lru_cache(maxsize=256)
+def _instants_between(
+    first: date, last: date, minutes: tuple[int, ...], tz: ZoneInfo
+) -> NDArray[np.int64]:
+    """`_instants` of every day from `first` to `last`, in order, as one array
+    (remembered: a summary asks for the same days again until its period's end moves to
+    the next day). Read-only, as it is shared."""
+    out: list[int] = []
+    day = first
+    while day <= last:
+        out += _instants(day, minutes, tz)
+        day += timedelta(days=1)
+    instants = np.array(out, dtype=np.int64)
+    instants.flags.writeable = False
+    return instants
 
 
 @functools.lru_cache(maxsize=1 << 14)
