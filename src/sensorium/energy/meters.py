@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -305,7 +306,7 @@ def _from_queries(device: Any, key_id: Any) -> list[Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _edge_points_statement(branches: int, last: bool) -> Any:
+def _edge_points_statement(branches: int, last: bool, pg: bool) -> Any:
     """Per device, its first (or `last`) raw point in a range of less than a minute, for
     all meters in one statement: it plans on the one partition the range falls in. (As
     one look-up per meter in a union of 20, PostgreSQL took 2-7 ms to plan them, every
@@ -319,7 +320,7 @@ def _edge_points_statement(branches: int, last: bool) -> Any:
             func.row_number().over(partition_by=Series.device, order_by=order).label("k"),
         )
         .join(Series, Series.id == Point.series)
-        .where(_within(branches, Series.device, Series.key_id, Point.ts))
+        .where(_within(branches, Series.device, Series.key_id, Point.ts, pg))
         .subquery()
     )
     return select(inner.c.device, inner.c.ts, inner.c.value).where(inner.c.k == 1)
@@ -332,7 +333,8 @@ async def _edge_points(
     if a >= b or not active:
         return {}
     params = _branches([(active, [(a, b)])])
-    rows = await _rows(session, _edge_points_statement(_branch_count(params), last), params)
+    statement = _edge_points_statement(_branch_count(params), last, await _is_pg(session))
+    rows = await _rows(session, statement, params)
     return {int(d): (int(t), float(v)) for d, t, v in rows}
 
 
@@ -435,16 +437,24 @@ def _branches(
     return params
 
 
-def _within(branches: int, device: Any, key_id: Any, ts: Any) -> Any:
+def _within(branches: int, device: Any, key_id: Any, ts: Any, pg: bool) -> Any:
     """Rows of some (device, key id) pairs with `ts` in some [a, b) ranges, in `branches`
     branches bound by `_branches`. Each branch is `device IN (...) AND key_id = k AND a <=
     ts < b`, one range scan of a (device, key_id, ..., ts) index: written as (device = d
     AND key_id = k) OR ..., the planner scanned every device's rows of the key instead.
-    Statements are built once per shape (building them cost more than running them)."""
+    Statements are built once per shape (building them cost more than running them).
+    `pg`: the devices as one array parameter (`= ANY($1)`, what PostgreSQL makes of IN):
+    an expanding IN list has the statement's text rewritten on every execution."""
+
+    def devices(i: int) -> Any:
+        if pg:
+            return device == any_(bindparam(f"w{i}d", type_=ARRAY(BigInteger)))
+        return device.in_(bindparam(f"w{i}d", expanding=True))
+
     return or_(
         *(
             and_(
-                device.in_(bindparam(f"w{i}d", expanding=True)),
+                devices(i),
                 key_id == bindparam(f"w{i}k", type_=Integer),
                 ts >= bindparam(f"w{i}a", type_=BigInteger),
                 ts < bindparam(f"w{i}b", type_=BigInteger),
@@ -491,7 +501,7 @@ def _month_statement(branches: int, lateral: bool) -> Any:
         m.estimated,
     )
     ours = (
-        _within(branches, m.device, m.key_id, m.month),
+        _within(branches, m.device, m.key_id, m.month, lateral),
         m.max_gap_ms == bindparam("gap", type_=BigInteger),
     )
     days = and_(
@@ -611,7 +621,7 @@ def _cached_rollups_statement(grain: int, branches: int, lateral: bool) -> Any:
     cached: Any = (figures, cast(e.missing, String).label("missing"), e.estimated)
     rollups = (r.device, r.bucket, r.n, r.vsum, r.vmin, r.vmax, r.first_ts, r.first_value,
                r.last_ts, r.last_value)  # fmt: skip
-    where = (r.grain == grain, _within(branches, r.device, r.key_id, r.bucket))
+    where = (r.grain == grain, _within(branches, r.device, r.key_id, r.bucket, lateral))
     if lateral:
         found = select(*cached).where(valid).limit(1).lateral("cached")
         return (
@@ -685,7 +695,7 @@ class _CutPoints:
 
 
 @functools.lru_cache(maxsize=64)
-def _cut_statement(branches: int) -> Any:
+def _cut_statement(branches: int, pg: bool) -> Any:
     # Each point with its hour's count and first time (window aggregates over one read of
     # the points); then the points before the end or first in their hour.
     # (A CTE joined with its own per-hour aggregate was planned as a nested loop over an
@@ -701,7 +711,7 @@ def _cut_statement(branches: int) -> Any:
             func.min(Point.ts).over(partition_by=per_hour).label("first"),
         )
         .join(Series, Series.id == Point.series)
-        .where(_within(branches, Series.device, Series.key_id, Point.ts))
+        .where(_within(branches, Series.device, Series.key_id, Point.ts, pg))
         .subquery()
     )
     return (
@@ -744,7 +754,8 @@ async def _cut_hour_points(
         [([(d, key_of[d]) for d in devices], [run]) for run, devices in runs.items()]
     )
     out = {d: _CutPoints() for devices in runs.values() for d in devices}
-    rows = await _rows(session, _cut_statement(_branch_count(params)), {**params, "end": slots.end})
+    statement = _cut_statement(_branch_count(params), await _is_pg(session))
+    rows = await _rows(session, statement, {**params, "end": slots.end})
     for device, ts, value, n in rows:
         cut = out[device]
         cut.points.append((ts, value))
