@@ -23,6 +23,16 @@ Stretch = tuple[int, int]
 Wh = NDArray[np.float64]
 
 
+def sorted_unique(values: NDArray[np.int64]) -> list[int]:
+    """The distinct values in ascending order (np.unique hashes first: slower for the
+    nearly sorted cuts of a range)."""
+    ordered = np.sort(values)
+    if len(ordered) > 1:
+        ordered = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+    out: list[int] = ordered.tolist()
+    return out
+
+
 def sequential_sum(values: Wh) -> float:
     """values[0] + values[1] + ... in that order, like sum() over a list (cumsum adds in
     order; ndarray.sum() adds pairwise, which differs in the last bits)."""
@@ -48,7 +58,7 @@ class Slots:
 
     @classmethod
     def over(cls, cuts: Sequence[int]) -> Slots:
-        ordered: list[int] = np.unique(np.asarray(cuts, dtype=np.int64)).tolist()
+        ordered = sorted_unique(np.asarray(cuts, dtype=np.int64))
         return cls(ordered, np.zeros(len(ordered) - 1), [0] * (len(ordered) - 1))
 
     @property
@@ -86,7 +96,8 @@ class Slots:
         wh = np.zeros(n)
         for p in parts:
             wh += p.wh
-        gaps: list[list[int]] = [p.missing_ms for p in parts if any(p.missing_ms)] or [[0] * n]
+        zero = [0] * n
+        gaps: list[list[int]] = [p.missing_ms for p in parts if p.missing_ms != zero] or [zero]
         missing = list(gaps[0])
         for g in gaps[1:]:
             if g != missing:  # (meters often miss the same stretches)

@@ -24,7 +24,7 @@ from sensorium.db import epoch_ms
 from sensorium.devices.models import Device
 from sensorium.devices.service import get_device
 from sensorium.energy import tariffs
-from sensorium.energy.integrate import HOUR_MS, Slots, Stretch, sequential_sum
+from sensorium.energy.integrate import HOUR_MS, Slots, Stretch, sequential_sum, sorted_unique
 from sensorium.energy.meters import (
     POWER_KEY,
     CacheEntries,
@@ -382,8 +382,7 @@ def make_cuts(
         parts.append(local_hour[(shift != 0) & (local_hour > start) & (local_hour < end)])
     if prices is not None:
         parts.append(np.array(prices.changes(start, end, tz), dtype=np.int64))
-    cuts: list[int] = np.unique(np.concatenate(parts)).tolist()
-    return cuts
+    return sorted_unique(np.concatenate(parts))
 
 
 @dataclass(slots=True)
