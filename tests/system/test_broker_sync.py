@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker import dynsec
+from sensorium.broker import provisioner as provisioner_module
 from sensorium.broker.admin import DynsecError
 from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.broker.models import BrokerChange
@@ -135,5 +138,37 @@ async def test_the_provisioner_stops_when_poked_just_as_it_is_stopped(
             await provisioner.wait_idle()
             async with asyncio.timeout(5):
                 await provisioner.stop()
+    finally:
+        await engine.dispose()
+
+
+async def test_the_provisioner_stops_even_when_a_cancellation_is_lost_below_it(
+    settings: Settings, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's `asyncio.wait_for` (in libraries too) drops a cancellation that lands
+    as what it waits for completes: seen in a full test run, the provisioner's stop hung
+    for good. Its loop now also ends on a flag."""
+    assert broker.address is not None
+    in_delivery = asyncio.Event()
+
+    async def deliver_losing_a_cancellation(*args: Any, **kwargs: Any) -> int:
+        in_delivery.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.5)
+        return await deliver(*args, **kwargs)
+
+    monkeypatch.setattr(provisioner_module, "deliver", deliver_losing_a_cancellation)
+    (admin_user, admin_pw), _ = settings.mqtt_credentials()
+    endpoint = MqttEndpoint(broker.address.host, broker.address.port, admin_user, admin_pw)
+    engine = create_engine(settings.database_url)
+    try:
+        provisioner = BrokerProvisioner(
+            session_factory(engine), endpoint, Outbox(settings.resolved_secret_key())
+        )
+        await provisioner.start()
+        async with asyncio.timeout(10):
+            await in_delivery.wait()
+        async with asyncio.timeout(5):
+            await provisioner.stop()
     finally:
         await engine.dispose()

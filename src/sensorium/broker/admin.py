@@ -129,9 +129,11 @@ class DynsecAdmin:
             batch.append({**command, "correlationData": key})
         await self._client.publish(CONTROL_TOPIC, orjson.dumps({"commands": batch}), qos=1)
         try:
-            return list(
-                await asyncio.wait_for(asyncio.gather(*futures), timeout_s or self._timeout_s)
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for drops a cancellation
+            # that lands as the answers arrive, and the caller (the provisioner being
+            # stopped) would go on as if it had not been cancelled.
+            async with asyncio.timeout(timeout_s or self._timeout_s):
+                return list(await asyncio.gather(*futures))
         finally:
             for key in {str(c["correlationData"]) for c in batch}:
                 self._pending.pop(key, None)

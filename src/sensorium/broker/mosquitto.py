@@ -325,7 +325,8 @@ class MosquittoSupervisor:
             if process is not None and process.returncode is None:
                 process.send_signal(sig)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._parked.wait(), 0.5)
+                async with asyncio.timeout(0.5):  # not wait_for: see DynsecAdmin.run
+                    await self._parked.wait()
 
     async def _run(self) -> None:
         delay = self._restart_delay_s

@@ -69,6 +69,7 @@ class BrokerProvisioner:
         self.pacing = Pacing()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._rounds = 0
         self._offline_wanted_since: float | None = None
         self._offline_not_before = 0.0
@@ -77,9 +78,15 @@ class BrokerProvisioner:
         self._wake.set()
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="broker-provisioner")
 
     async def stop(self) -> None:
+        # The flag ends the loop even if a cancellation gets lost on the way (Python 3.11's
+        # asyncio.wait_for drops one that lands as what it waits for completes, and
+        # libraries below still use it).
+        self._stopping = True
+        self._wake.set()
         await cancel_and_wait(self._task)
         self._task = None
 
@@ -124,7 +131,7 @@ class BrokerProvisioner:
 
     async def _run(self) -> None:
         delay = 0.5
-        while True:
+        while not self._stopping:
             try:
                 if await self._offline_due():
                     await self._apply_offline()
@@ -136,7 +143,7 @@ class BrokerProvisioner:
                 ) as admin:
                     delay = 0.5
                     await ensure_service_roles(admin)
-                    while True:
+                    while not self._stopping:
                         if await self._offline_due():
                             break  # leave the admin connection: the broker restarts
                         applied = await deliver(
