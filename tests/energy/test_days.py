@@ -3,6 +3,7 @@ hour-by-hour path gives, and a changed reading sends its day back to the hours."
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -165,7 +166,9 @@ async def test_hours_cut_by_slot_edges_read_for_all_meters_at_once_or_one_by_one
 
     monkeypatch.setattr(meters, "_cut_hour_points", spy)
     together = await get(api, "/api/v1/energy/summary", owner.headers, **params)
-    assert read_together[:1] == [3]  # the current week's: every meter's
+    # The current week's: every meter's (on PostgreSQL the previous week, without cut
+    # hours, is read at the same time and may finish first).
+    assert sorted(read_together)[-1:] == [3]
     await _forget(api)
     monkeypatch.setattr(meters, "CUT_HOURS_AT_ONCE", 0)
     read_together.clear()
@@ -232,3 +235,97 @@ async def test_a_range_ending_mid_hour_reads_no_points_past_its_end_yet_tells_go
     assert together["rows"][:-1] == apart["rows"][:-1]
     assert together["rows"][-1]["kwh"] != exact
     assert together["rows"][-1]["kwh"] == pytest.approx(exact, rel=0.2)
+
+
+async def test_previous_period_read_alongside_with_the_same_figures_and_cache(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a summary reads the previous period on a second session while the
+    # current one is read; on SQLite both on the request's session. Either way the figures
+    # and the hours stored afterwards are those of reading one period after the other.
+    owner = await api.account()
+    devices = [await api.device(owner) for _ in range(2)]
+    rng = random.Random(11)
+    start = ms("2026-06-01T00:00:00+00:00")
+    for index, device in enumerate(devices):
+        data = [
+            Reading(ts=t, key="power", value=200.0 * (index + 1) + rng.uniform(0, 80))
+            for t in range(start, start + 12 * DAY, 60_000)
+        ]
+        await store(api, device, data)
+    r = await api.client.post("/api/v1/energy/sites", headers=owner.headers, json={
+        "name": "Home", "mains": devices[0].id, "submeters": [devices[1].id]})  # fmt: skip
+    assert r.status_code == 201, r.text
+    params = {"site": r.json()["id"], "period": "week", "tz": "Europe/Berlin",
+              "at": "2026-06-11T17:42:10+00:00"}  # fmt: skip
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    async with sessions() as session:
+        pg = (await session.connection()).dialect.name == "postgresql"
+        this_week = ms("2026-06-07T22:00:00+00:00")  # Monday 00:00 in Berlin
+
+    async def stored_hours() -> list[tuple[int, int, int]]:
+        async with sessions() as session:
+            rows = await session.execute(
+                select(EnergyHour.device, EnergyHour.key_id, EnergyHour.hour).order_by(
+                    EnergyHour.device, EnergyHour.key_id, EnergyHour.hour
+                )
+            )
+            return [tuple(row) for row in rows]
+
+    used: list[tuple[int, int]] = []  # (session, first cut) per period read
+    scope_energy = service.scope_energy
+
+    async def spy(session: Any, **kwargs: Any) -> service.ScopeEnergy:
+        used.append((id(session), kwargs["cuts"][0]))
+        return await scope_energy(session, **kwargs)
+
+    monkeypatch.setattr(service, "scope_energy", spy)
+    alongside = await get(api, "/api/v1/energy/summary", owner.headers, **params)
+    assert sorted(cut for _s, cut in used) == [this_week - 7 * DAY, this_week]
+    assert (used[0][0] != used[1][0]) is pg
+    hours = await stored_hours()
+    assert any(hour < this_week for _d, _k, hour in hours)
+    assert any(hour >= this_week for _d, _k, hour in hours)
+
+    async def one_after_the_other(session: Any, first: Any, second: Any) -> tuple[Any, Any]:
+        one = await first()
+        return one, await second(session)
+
+    await _forget(api)
+    monkeypatch.setattr(service, "_alongside", one_after_the_other)
+    used.clear()
+    apart = await get(api, "/api/v1/energy/summary", owner.headers, **params)
+    assert used[0][0] == used[1][0]
+    assert await stored_hours() == hours
+    alongside.pop("now")
+    apart.pop("now")
+    assert alongside == apart
+    assert alongside["previous"]["kwh"] > 0
+    assert alongside["peak"] is not None
+
+
+async def test_alongside_stops_the_other_read_when_one_fails(api: Api) -> None:
+    # When one of the two reads fails, the other is not left running on its connection
+    # (PostgreSQL), and the error reaches the caller on either database.
+    sessions = api.client.app.state.ctx.sessions  # type: ignore[attr-defined]
+    events: list[str] = []
+
+    async def slow() -> int:
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            events.append("first cancelled")
+            raise
+        events.append("first done")
+        return 1
+
+    async def failing(session: Any) -> int:
+        await session.execute(select(func.count()).select_from(EnergyDay))
+        raise ValueError("no")
+
+    async with sessions() as session:
+        pg = (await session.connection()).dialect.name == "postgresql"
+        with pytest.raises(ValueError, match="no"):
+            await service._alongside(session, slow, failing)
+        assert events == (["first cancelled"] if pg else ["first done"])
+        assert await session.scalar(select(func.count()).select_from(EnergyDay)) == 0

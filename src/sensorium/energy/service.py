@@ -6,13 +6,14 @@ into sites, slots into local hours/days/months and tariff windows, and prices th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import statistics
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -50,6 +51,8 @@ DAY_MS = 86_400_000
 # The longest ranges a request may cover, so one request cannot read years of hours.
 MAX_SPAN_MS = {"1h": 93 * 86_400_000, "1d": 1_100 * 86_400_000, "1mo": 3_700 * 86_400_000}
 NIGHT_HOURS = range(6)  # local 00:00-06:00, where base load is measured
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 
 # --- sites -----------------------------------------------------------------------------------
@@ -730,6 +733,37 @@ async def now_power(session: AsyncSession, *, scope: Scope) -> tuple[float, int]
     return sum(float(v) for v, _t in rows), min(int(t) for _v, t in rows)
 
 
+async def _alongside(
+    session: AsyncSession,
+    first: Callable[[], Awaitable[_A]],
+    second: Callable[[AsyncSession], Awaitable[_B]],
+) -> tuple[_A, _B]:
+    """`first()` on `session` and `second(session)`. On PostgreSQL, `second` runs at the
+    same time on a session of its own (a second connection, read only), so one's statements
+    run in the database while the other's rows are turned into figures. On SQLite, one
+    after the other on `session`: aiosqlite runs a connection's statements on one thread
+    anyway, and a test's in-memory database has only one connection."""
+    connection = await session.connection()
+    if connection.dialect.name != "postgresql":
+        one = await first()
+        return one, await second(session)
+    async with AsyncSession(connection.engine) as other:
+        # The key ids are the same for every session once both keys exist.
+        if "energy_key_ids" in session.info:
+            other.info["energy_key_ids"] = session.info["energy_key_ids"]
+        first_task = asyncio.ensure_future(first())
+        second_task = asyncio.ensure_future(second(other))
+        try:
+            await asyncio.gather(first_task, second_task)
+        except BaseException:
+            # Neither may go on using its connection once the other failed.
+            first_task.cancel()
+            second_task.cancel()
+            await asyncio.gather(first_task, second_task, return_exceptions=True)
+            raise
+    return first_task.result(), second_task.result()
+
+
 async def summary(
     session: AsyncSession,
     *,
@@ -747,10 +781,26 @@ async def summary(
     prices = price_table(scope.tariff)
     cur_cuts = make_cuts(start, max(at_ms, start + 1), tz, prices=prices, local_hours=True)
     prev_cuts = make_cuts(prev_start, max(prev_at, prev_start + 1), tz, prices=prices)
-    current = await scope_energy(session, scope=scope, cuts=cur_cuts, now_ms=now_ms, cache=cache)
-    previous = await scope_energy(
-        session, scope=scope, cuts=prev_cuts, now_ms=now_ms, cache=cache, unmetered=False
+    main = next((d for d, _n, role in scope.meters if role in (MAINS, "device")), None)
+    # The previous period's hours go to `cache` after the current one's (see _alongside).
+    side_cache = CacheEntries() if cache is not None else None
+
+    async def previous_and_peak(on: AsyncSession) -> tuple[ScopeEnergy, tuple[float, int] | None]:
+        previous = await scope_energy(
+            on, scope=scope, cuts=prev_cuts, now_ms=now_ms, cache=side_cache, unmetered=False
+        )
+        found = await peak_power(on, device_id=main, start=start, end=at_ms) if main else None
+        return previous, found
+
+    current, (previous, found) = await _alongside(
+        session,
+        lambda: scope_energy(session, scope=scope, cuts=cur_cuts, now_ms=now_ms, cache=cache),
+        previous_and_peak,
     )
+    if cache is not None and side_cache is not None:
+        cache.rows.extend(side_cache.rows)
+        cache.days.extend(side_cache.days)
+        cache.months.extend(side_cache.months)
     minutes = local_minutes(current.total.cuts, tz)
     per_slot = slot_prices(current.total, prices, tz, minutes)
     cur_fig = figures(current, scope, tz, prices, per_slot)
@@ -760,8 +810,6 @@ async def summary(
     if prev_fig["kwh"] > 0:
         change = (cur_fig["kwh"] - prev_fig["kwh"]) / prev_fig["kwh"] * 100.0
     peak: dict[str, Any] | None = None
-    main = next((d for d, _n, role in scope.meters if role in (MAINS, "device")), None)
-    found = await peak_power(session, device_id=main, start=start, end=at_ms) if main else None
     kind = "reading"
     if found is None:
         found, kind = slot_peak(current.total), "slot_average"
