@@ -257,16 +257,19 @@ SELECT count(*) FROM ins
 """.format(buckets=_BUCKETS.format(points="ins i"), upsert=_UPSERT_BUCKETS)  # noqa: S608
 # The newest staged point of each series merged into latest_values (a later ts wins; the
 # same ts too, as the later write).
-_MERGE_LATEST = """
+_UPSERT_LATEST = """
     INSERT INTO latest_values (device, key_id, ts, value)
     SELECT s.device, s.key_id, n.ts, n.value
-    FROM (SELECT DISTINCT ON (series) series, ts, value FROM sensorium_points_stage
-          ORDER BY series, ts DESC) n
+    FROM ({newest}) n
     JOIN series s ON s.id = n.series
     ORDER BY s.device, s.key_id
     ON CONFLICT (device, key_id) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
     WHERE EXCLUDED.ts >= latest_values.ts
 """
+_MERGE_LATEST = _UPSERT_LATEST.format(
+    newest="SELECT DISTINCT ON (series) series, ts, value FROM sensorium_points_stage "
+    "ORDER BY series, ts DESC"
+)
 # The COPY path's usual case, where none of the staged points is stored yet (everything
 # but a redelivery): in one statement they go into `points`, into their buckets and, each
 # series' newest (the last of its newest minute), into latest_values. A point already
@@ -277,17 +280,12 @@ _MERGE_LATEST = """
 PG_STORE_NEW = """
 WITH ins AS (
     INSERT INTO points (series, ts, value) SELECT series, ts, value FROM sensorium_points_stage
-), {buckets}, latest AS (
-    INSERT INTO latest_values (device, key_id, ts, value)
-    SELECT s.device, s.key_id, n.last_ts, n.last_value
-    FROM (SELECT DISTINCT ON (series) series, last_ts, last_value FROM m
-          ORDER BY series, last_ts DESC) n
-    JOIN series s ON s.id = n.series
-    ORDER BY s.device, s.key_id
-    ON CONFLICT (device, key_id) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
-    WHERE EXCLUDED.ts >= latest_values.ts
-){upsert}""".format(  # noqa: S608 (constants only)
+), {buckets}, latest AS ({latest}){upsert}""".format(  # noqa: S608 (constants only)
     buckets=_BUCKETS.format(points="sensorium_points_stage i"),
+    latest=_UPSERT_LATEST.format(
+        newest="SELECT DISTINCT ON (series) series, last_ts AS ts, last_value AS value "
+        "FROM m ORDER BY series, last_ts DESC"
+    ),
     upsert=_UPSERT_BUCKETS,
 )
 # After PG_MERGE (some points were stored already).
