@@ -273,3 +273,44 @@ async def test_a_re_registered_device_does_not_inherit_the_old_desired_state(
     assert not device.subscribe(f"devices/{again.id}/state/desired")[0].is_failure
     await asyncio.sleep(0.5)
     assert _messages(device, "state/desired") == []
+
+
+async def test_a_command_sent_as_the_device_comes_online_is_delivered(
+    mqtt_api: Api, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device is read offline, then comes online, and its online round (which delivers
+    queued commands) runs, all before the new command is committed: the request must
+    see that and deliver it, or it waits for the device's next reconnect."""
+    from sqlalchemy import update
+
+    from sensorium.devices import service as devices_service
+    from sensorium.devices.models import Device as DeviceRow
+
+    [reg] = await registered(mqtt_api)
+    ctx = mqtt_api.client.app.state.ctx  # type: ignore[attr-defined]
+    get_device = devices_service.get_device
+
+    async def read_as_it_comes_online(session: Any, **kwargs: Any) -> Any:
+        device = await get_device(session, **kwargs)  # read while it is offline
+        async with ctx.sessions() as other, other.begin():
+            await other.execute(
+                update(DeviceRow)
+                .where(DeviceRow.id == reg.id)
+                .values(
+                    status="online",
+                    transport="mqtt",
+                    offline_at_ms=int(time.time() * 1000) + 600_000,
+                )
+            )
+        await ctx.control.device_online(reg.id)  # finds nothing queued yet
+        return device
+
+    # The command endpoint reads the device through this module.
+    monkeypatch.setattr(devices_service, "get_device", read_as_it_comes_online)
+    r = await mqtt_api.client.post(
+        f"/api/v1/devices/{reg.id}/commands",
+        json={"name": "ping", "params": {}},
+        headers=reg.owner.headers,
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "sent"  # published to the device, not left queued

@@ -292,6 +292,12 @@ async def create_command(
     async with _following(ctx, device.id) as subscription:
         await session.commit()
         ctx.bus.publish(control.command_event(command, now_ms=epoch_ms()))
+        if not reachable and ctx.control.downlink is not None:
+            # It may have come online since it was read, and its online round (which
+            # delivers what is queued) run before this command was committed: then it
+            # would wait for the next reconnect. Read it again now that the command is in.
+            await session.refresh(device)
+            reachable = ctx.control.reaches(device)
         if reachable:
             await ctx.control.deliver_commands(device.id)
         if wait:
