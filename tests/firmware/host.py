@@ -1,7 +1,7 @@
 """CPython stand-ins for what the firmware gets from MicroPython on an ESP32: `machine`,
-`network`, `dht`, `micropython`, `umqtt.simple` (a real MQTT connection through paho)
-and the tick functions of `time`. Each test describes its board in a `World`; the shim
-modules, installed once per session, act on the current one.
+`network`, `dht`, `micropython` and the tick functions of `time` (its MQTT 5 client and
+HTTP link use CPython's real sockets). Each test describes its board in a `World`; the
+shim modules, installed once per session, act on the current one.
 
 The tick counters wrap at 2**30 like MicroPython's and start two seconds before the
 wrap, so firmware that compares ticks without `ticks_diff` fails here as on a device.
@@ -20,10 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.reasoncodes import ReasonCode
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 LIB = FIRMWARE / "lib"
@@ -254,165 +250,6 @@ class DHT22:
         return self._reading[1]
 
 
-# --- umqtt.simple on paho ------------------------------------------------------------------
-
-
-class MQTTException(Exception):
-    pass
-
-
-class _Sock:
-    def __init__(self, owner: MQTTClient) -> None:
-        self.owner = owner
-
-    def close(self) -> None:
-        client = self.owner.paho
-        if client is not None and client.socket() is not None:
-            client.socket().close()  # type: ignore[union-attr]
-
-
-class MQTTClient:
-    """umqtt.simple's API and behaviour (synchronous: nothing happens between calls; a
-    lost connection raises OSError on the next call), over a real paho connection."""
-
-    def __init__(
-        self,
-        client_id: str,
-        server: str,
-        port: int = 0,
-        user: str | None = None,
-        password: str | None = None,
-        keepalive: int = 0,
-        ssl: Any = None,
-        ssl_params: Any = None,
-    ) -> None:
-        self.client_id = client_id
-        self.server = server
-        self.port = port or 1883
-        self.user = user
-        self.password = password
-        self.keepalive = keepalive
-        self.cb: Callable[[bytes, bytes], None] | None = None
-        self.lw: tuple[str, bytes, bool, int] | None = None
-        self.paho: mqtt.Client | None = None
-        self.sock = _Sock(self)
-        self._inbox: list[mqtt.MQTTMessage] = []
-        self._connack: ReasonCode | None = None
-        self._subacks: set[int] = set()
-        self._alive = False
-
-    def set_callback(self, f: Callable[[bytes, bytes], None]) -> None:
-        self.cb = f
-
-    def set_last_will(
-        self, topic: str | bytes, msg: bytes, retain: bool = False, qos: int = 0
-    ) -> None:
-        self.lw = (_text(topic), bytes(msg), retain, qos)
-
-    def connect(self, clean_session: bool = True) -> bool:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=clean_session,
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,
-        )
-        if self.user is not None:
-            client.username_pw_set(self.user, self.password)
-        if self.lw is not None:
-            topic, msg, retain, qos = self.lw
-            client.will_set(topic, msg, qos=qos, retain=retain)
-        client.on_connect = self._on_connect
-        client.on_message = lambda _c, _u, message: self._inbox.append(message)
-        client.on_subscribe = lambda _c, _u, mid, _r, _p: self._subacks.add(mid)
-        client.on_disconnect = self._on_disconnect
-        self.paho = client
-        client.connect(self.server, self.port, keepalive=self.keepalive or 60)
-        deadline = time.monotonic() + 5
-        while self._connack is None:
-            if client.loop(0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS or time.monotonic() > deadline:
-                self._drop()
-                raise OSError(errno.ECONNRESET, "no CONNACK")
-        if self._connack.is_failure:
-            self._drop()
-            raise MQTTException(5 if self._connack.value == 135 else self._connack.value)
-        self._alive = True
-        return False
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-        self._connack = reason
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, _reason: ReasonCode, _p: Any) -> None:
-        self._alive = False
-
-    def _drop(self) -> None:
-        if self.paho is not None:
-            sock = self.paho.socket()
-            if sock is not None:
-                sock.close()
-        self._alive = False
-
-    def _loop(self, timeout_s: float = 0.0) -> None:
-        if self.paho is None or not self._alive:
-            raise OSError(-1)
-        if self.paho.loop(timeout_s) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._alive = False
-        if not self._alive:
-            raise OSError(-1)
-
-    def _deliver_one(self) -> None:
-        if self._inbox and self.cb is not None:
-            message = self._inbox.pop(0)
-            self.cb(message.topic.encode(), bytes(message.payload))
-
-    def publish(self, topic: str | bytes, msg: bytes, retain: bool = False, qos: int = 0) -> None:
-        self._loop()
-        assert self.paho is not None
-        info = self.paho.publish(_text(topic), bytes(msg), qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._alive = False
-            raise OSError(-1)
-        deadline = time.monotonic() + 5
-        while qos and not info.is_published():
-            # umqtt.simple handles incoming messages while it waits for the PUBACK.
-            self._loop(0.01)
-            self._deliver_one()
-            if time.monotonic() > deadline:
-                raise OSError(errno.ETIMEDOUT, "no PUBACK")
-
-    def subscribe(self, topic: str | bytes, qos: int = 0) -> None:
-        self._loop()
-        assert self.paho is not None
-        _rc, mid = self.paho.subscribe(_text(topic), qos)
-        deadline = time.monotonic() + 5
-        while mid not in self._subacks:
-            self._loop(0.01)
-            if time.monotonic() > deadline:
-                raise OSError(errno.ETIMEDOUT, "no SUBACK")
-
-    def check_msg(self) -> None:
-        self._loop()
-        self._deliver_one()
-
-    def wait_msg(self) -> None:
-        while not self._inbox:
-            self._loop(0.05)
-        self._deliver_one()
-
-    def ping(self) -> None:
-        self._loop()
-
-    def disconnect(self) -> None:
-        if self.paho is not None:
-            self.paho.disconnect()
-            self._alive = False
-            self.paho = None
-
-
-def _text(topic: str | bytes) -> str:
-    return topic.decode() if isinstance(topic, bytes) else topic
-
-
 # --- the world of one test -----------------------------------------------------------------
 
 
@@ -483,7 +320,6 @@ def _time_functions() -> dict[str, Callable[..., int | None]]:
 def installed() -> Iterator[None]:
     """The shim modules in sys.modules, tick functions on `time`, the firmware's lib/ on
     sys.path; all removed again afterwards."""
-    umqtt_simple = _module("umqtt.simple", MQTTClient=MQTTClient, MQTTException=MQTTException)
     modules = {
         "machine": _module(
             "machine",
@@ -500,8 +336,6 @@ def installed() -> Iterator[None]:
         "micropython": _module(
             "micropython", const=lambda value: value, native=lambda function: function
         ),
-        "umqtt": _module("umqtt", simple=umqtt_simple),
-        "umqtt.simple": umqtt_simple,
     }
     clashes = [name for name in modules if name in sys.modules]
     assert not clashes, f"modules already imported: {clashes}"

@@ -1,5 +1,5 @@
 """The firmware beyond its pure modules on the real MicroPython interpreter (WebAssembly
-build): every module imports with `.py` stand-ins for machine/network/dht/umqtt, and the
+build): every module imports with `.py` stand-ins for machine/network/dht/socket, and the
 device loop runs a few passes with recording links (desired state, a command, telemetry
 and a backfill), so MicroPython-only differences in app.py show up here too."""
 
@@ -34,8 +34,6 @@ STAND_INS = {
         "def getaddrinfo(*args):\n    raise OSError('no network here')\n"
         "class socket:\n    def __init__(self, *args):\n        raise OSError('no network here')\n"
     ),
-    "/esp32/umqtt/__init__.py": "",
-    "/esp32/umqtt/simple.py": "class MQTTClient:\n    pass\nclass MQTTException(Exception):\n    pass\n",
 }
 
 DEVICE_LOOP = """

@@ -1,5 +1,5 @@
-"""The firmware's own modules under CPython (MicroPython shims for the hardware, a real
-MQTT connection behind umqtt.simple) against the real server and Mosquitto: it boots
+"""The firmware's own modules under CPython (MicroPython shims for the hardware, its own
+MQTT 5 client on a real socket) against the real server and Mosquitto: it boots
 from config.json, reports, is controlled, and loses nothing while the broker is away."""
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from sensorium_fw.clock import Clock
 from sensorium_fw.control import Control
 from sensorium_fw.links import HttpLink, MqttLink
 from sensorium_fw.log import Log
+from sensorium_fw.mqtt5 import NoSubscribers
 from sensorium_fw.ota import Updater
 
 STATE_FILE = "state.json"
@@ -65,6 +66,10 @@ class Device:
         self.http_backoff = Backoff(rand=rand)
         self.wifi_backoff = Backoff(rand=rand)
         self.ntp_backoff = Backoff(base_ms=2000, max_ms=600000, rand=rand)
+        # Documents no subscriber took (MQTT 5 PUBACK 0x10) wait on board this long before
+        # they are sent again; meanwhile `holding` and new readings go to the buffer.
+        self.resend_backoff = Backoff(base_ms=1000, max_ms=30000, rand=rand)
+        self.holding = False
         buffer_cfg = cfg["buffer"]
         self.buffer = RingBuffer(
             root + BUFFER_DIR, buffer_cfg["max_entries"], buffer_cfg["segment_entries"]
@@ -90,6 +95,7 @@ class Device:
             "wifi": now,
             "ntp": now,
             "status": now,
+            "resend": now,
         }
         self._status_due = True
 
@@ -137,8 +143,12 @@ class Device:
         if self.link is None:
             return 0
         try:
-            self._send_pending()
-            self._backfill()
+            if not self.holding or self._due("resend", now):
+                self._send_pending()
+                self._backfill()
+                if self.holding:  # what was kept has gone through
+                    self.holding = False
+                    self.resend_backoff.reset()
             started = time.ticks_ms()
             wait = 0
             if self.link is self.http:
@@ -148,9 +158,10 @@ class Device:
                 self._on_event(event)
             waited = time.ticks_diff(time.ticks_ms(), started)
             action = self.ota.step(self.board.feed)
-            self._send_pending()
+            if not self.holding:
+                self._send_pending()
         except OSError as exc:
-            self._lost(exc)
+            self._failed(exc)
             return 0
         if action == "reboot":
             self._act("reboot")
@@ -217,6 +228,7 @@ class Device:
 
     def _up(self, link):
         self.link = link
+        self.holding = False
         self.control.reconnected()
         self._status_due = True
         self.log.info("connected over %s" % link.name)
@@ -255,6 +267,17 @@ class Device:
         self.shutdown()
         self.board.reset()
 
+    def _failed(self, exc):
+        """A send raised: a document no subscriber took is kept and the uplink waits a
+        back-off before it is sent again (PROTOCOL.md); anything else drops the link."""
+        if not isinstance(exc, NoSubscribers):
+            self._lost(exc)
+            return
+        delay = self.resend_backoff.next_delay_ms()
+        self.holding = True
+        self._later("resend", time.ticks_ms(), delay)
+        self.log.info("%s: kept, sent again in %d ms" % (exc, delay))
+
     def _lost(self, exc):
         link, self.link = self.link, None
         if link is None:
@@ -282,28 +305,28 @@ class Device:
             self.unstamped.append((now, values))
             if len(self.unstamped) > MAX_UNSTAMPED:
                 self.unstamped.pop(0)
-            if self.link is not None:
-                self._send_unstamped()
+            if self.link is not None and not self.holding:
+                try:
+                    self._send_unstamped()
+                except OSError as exc:
+                    self._failed(exc)
             return
-        if self.link is not None and not len(self.buffer):
+        if self.link is not None and not self.holding and not len(self.buffer):
             try:
                 if self.link.telemetry(proto.dumps(proto.entry(ts, values))):
                     self.sent += 1
                 return
             except OSError as exc:
-                self._lost(exc)
+                self._failed(exc)
         self.buffer.append(ts, values)
 
     def _send_unstamped(self):
         # No clock yet: the server stamps them on arrival, which is close for live ones.
-        try:
-            while self.unstamped and self.link is not None:
-                _ticks, values = self.unstamped[0]
-                self.link.telemetry(proto.dumps(values))
-                self.unstamped.pop(0)
-                self.sent += 1
-        except OSError as exc:
-            self._lost(exc)
+        while self.unstamped and self.link is not None:
+            _ticks, values = self.unstamped[0]
+            self.link.telemetry(proto.dumps(values))
+            self.unstamped.pop(0)
+            self.sent += 1
 
     def _stamp_unstamped(self):
         now_ticks = time.ticks_ms()
@@ -321,12 +344,14 @@ class Device:
         if oldest is None:
             return
         seq, entries = oldest
+        sent = 0
         for payload, count in proto.batches(entries):
             if self.link.telemetry(payload):
-                self.sent += count
+                sent += count
             else:
                 self.log.error("dropped %d buffered readings the server refused" % count)
         self.buffer.remove(seq)
+        self.sent += sent
         self.log.info("backfilled %d readings, %d left" % (len(entries), len(self.buffer)))
 
     def _send_pending(self):

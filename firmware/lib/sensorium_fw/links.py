@@ -4,14 +4,17 @@ events: ("desired", (version, state)), ("command", proto.Command) and ("ota",
 proto.Assignment or None when the assignment was withdrawn).
 
 Sending raises OSError when the server could not be reached (the caller buffers and
-reconnects); `telemetry()` returns False when the server refused a document for good
-(HTTP 4xx: resending it would fail the same way).
+reconnects), mqtt5.NoSubscribers (an OSError) when the broker took a non-retained
+document but no server process did (the caller keeps it and sends it again after a
+back-off, without reconnecting); `telemetry()` returns False when the server refused a
+document for good (HTTP 4xx, an MQTT failure reason code: resending it would fail the
+same way).
 """
 
 import socket
 import time
 
-from sensorium_fw import http_head, proto
+from sensorium_fw import http_head, mqtt5, proto
 
 
 class Refused(OSError):
@@ -31,6 +34,10 @@ def _events(log, kind, raw):
 
 
 class MqttLink:
+    """MQTT 5 (mqtt5.Client). A non-retained document that no subscriber took (PUBACK
+    0x10) raises mqtt5.NoSubscribers: the caller keeps it and sends it again after a
+    back-off, on the same connection (PROTOCOL.md)."""
+
     name = "mqtt"
 
     def __init__(self, host, port, device_id, token, log, keepalive_s=60):
@@ -48,9 +55,7 @@ class MqttLink:
         self._ota = proto.ota_topic(device_id).encode()
 
     def connect(self):
-        from umqtt.simple import MQTTClient
-
-        client = MQTTClient(
+        client = mqtt5.Client(
             self.device_id,
             self.host,
             self.port,
@@ -60,35 +65,38 @@ class MqttLink:
         )
         client.set_last_will(proto.status_topic(self.device_id), proto.OFFLINE, True, 1)
         client.set_callback(self._on_message)
+        client.connect()
         try:
-            client.connect()
-            for topic in proto.downlink_subscriptions(self.device_id):
-                client.subscribe(topic, 1)
-        except Exception as exc:
-            # umqtt.simple raises MQTTException (not an OSError) for a refused CONNACK.
-            try:
-                client.sock.close()
-            except Exception:  # noqa: S110 - already closed or never opened
-                pass
-            if isinstance(exc, OSError):
-                raise exc
-            raise OSError("mqtt: %s" % (exc,)) from None
+            client.subscribe(proto.downlink_subscriptions(self.device_id), 1)
+        except OSError:
+            client.close()
+            raise
         self.client = client
         self._quiet = 0
 
     def _on_message(self, topic, msg):
-        # Called from inside umqtt (also while it waits for a PUBACK): only queue here.
-        self._inbox.append((bytes(topic), bytes(msg)))
+        # Called from inside the client (also while it waits for a PUBACK): only queue here.
+        self._inbox.append((topic, msg))
 
     def _publish(self, topic, payload, retain=False):
+        """True when the broker took it; False when it refused it for good (logged). A
+        full quota (0x97, try later) raises like a lost connection."""
         if self.client is None:
             raise OSError("mqtt: not connected")
-        self.client.publish(topic, payload, retain, 1)
-        self._quiet = 0
+        try:
+            self.client.publish(topic, payload, retain, 1)
+        except mqtt5.Refused as exc:
+            if exc.code == mqtt5.QUOTA_EXCEEDED:
+                raise
+            # Not a warning: a refused log line must not make another one.
+            self.log.info("mqtt: %s" % (exc,))
+            return False
+        finally:
+            self._quiet = 0
+        return True
 
     def telemetry(self, payload):
-        self._publish(proto.telemetry_topic(self.device_id), payload)
-        return True
+        return self._publish(proto.telemetry_topic(self.device_id), payload)
 
     def status(self, payload):
         self._publish(proto.status_topic(self.device_id), payload, True)
@@ -107,16 +115,13 @@ class MqttLink:
 
     def poll(self, elapsed_ms, wait_ms=0):
         """Downlink events that arrived; pings the broker when the link was quiet for
-        half the keep-alive (umqtt.simple does not)."""
+        half the keep-alive."""
         if self.client is None:
             raise OSError("mqtt: not connected")
-        for _ in range(10):
-            if self.client.check_msg() is None and not self._inbox:
-                break
-            if len(self._inbox) >= 10:
-                break
+        self.client.check_msg()
         self._quiet += elapsed_ms
-        if self._quiet >= self.keepalive_s * 500:
+        keepalive_s = self.client.keepalive  # the broker may have set it (0: none)
+        if keepalive_s and self._quiet >= keepalive_s * 500:
             self.client.ping()
             self._quiet = 0
         events = []
@@ -135,7 +140,7 @@ class MqttLink:
         if client is not None:
             try:
                 client.disconnect()
-            except Exception:  # noqa: S110 - the connection is gone either way
+            except OSError:
                 pass
 
 
