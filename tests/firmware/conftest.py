@@ -5,6 +5,7 @@ the app on a real HTTP port, as `sensorium serve` runs them)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tests.firmware.fakes import Node, NtpServer
 from tests.helpers import Api, serving
 from tests.system.conftest import broker
 
-__all__ = ["Served", "board", "broker", "firmware_shims", "node", "ntp", "served"]
+__all__ = ["Served", "board", "broker", "firmware_shims", "node", "ntp", "serve", "served"]
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -56,13 +57,19 @@ class Served:
         return self.broker.address.port
 
 
-@pytest.fixture
-async def served(settings: Settings, broker: EmbeddedBroker) -> AsyncIterator[Served]:
+@asynccontextmanager
+async def serve(settings: Settings, broker: EmbeddedBroker) -> AsyncIterator[Served]:
     """The app on a real HTTP port with MQTT ingest, and an API client for the test."""
     app = create_app(settings, broker=broker.address)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         client.app = app  # type: ignore[attr-defined]
         yield Served(url, int(url.rsplit(":", 1)[1]), app, broker, Api(client))
+
+
+@pytest.fixture
+async def served(settings: Settings, broker: EmbeddedBroker) -> AsyncIterator[Served]:
+    async with serve(settings, broker) as running:
+        yield running
 
 
 @pytest.fixture

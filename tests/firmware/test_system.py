@@ -11,11 +11,13 @@ import socket
 import time
 from typing import Any
 
+from sensorium.config import Settings
+from sensorium.worker.runtime import EmbeddedBroker
 from tests.firmware import host
-from tests.firmware.conftest import Served
+from tests.firmware.conftest import Served, serve
 from tests.firmware.fakes import Node, NtpServer, Scd4xSim, device_config
-from tests.helpers import Account, RegisteredDevice
-from tests.system.conftest import provisioned, wait_for
+from tests.helpers import Account, Api, RegisteredDevice, running_client
+from tests.system.conftest import api_only, broker_sync, provisioned, wait_for
 
 RELAY_PIN = 26
 LED_PIN = 2
@@ -73,20 +75,18 @@ async def command(
 
 
 async def boot(
-    node: Node, served: Served, device: RegisteredDevice, ntp: NtpServer, **config: Any
+    node: Node, served: Served | None, device: RegisteredDevice, ntp: NtpServer, **config: Any
 ) -> Scd4xSim:
+    """Boot `node` as `device`, talking to `served` (or to the `mqtt_port` and `http_port`
+    given)."""
     scd = Scd4xSim()
     node.board.i2c[0x62] = scd
     node.board.dht = lambda: (21.5, 40.0)
+    if served is not None:
+        config.setdefault("mqtt_port", served.mqtt_port)
+        config.setdefault("http_port", served.port)
     node.write_config(
-        device_config(
-            device_id=device.id,
-            token=device.token,
-            mqtt_port=config.pop("mqtt_port", served.mqtt_port),
-            http_port=config.pop("http_port", served.port),
-            ntp_port=ntp.port,
-            **config,
-        )
+        device_config(device_id=device.id, token=device.token, ntp_port=ntp.port, **config)
     )
     node.start()
     return scd
@@ -193,6 +193,52 @@ async def test_a_broker_restart_is_buffered_and_backfilled_with_the_original_tim
     # 669 ms after a late one, and 1,808 ms, were seen.
     assert all(100 <= gap <= 2500 for gap in gaps), gaps
     assert max(during) - min(during) >= (len(during) - 1) * 500, during
+
+
+async def test_readings_no_subscriber_took_stay_on_board_and_are_stored_once_by_a_later_ingest(
+    settings: Settings, broker: EmbeddedBroker, node: Node, ntp: NtpServer
+) -> None:
+    """The broker answers the device's telemetry with PUBACK 0x10 ("no matching
+    subscribers": no ingest is subscribed, as after a Mosquitto 2.0 restart that lost the
+    workers' shared subscriptions). The readings stay in the device's buffer and are sent
+    again after a back-off, on the same connection; once an ingest subscribes, every
+    reading is stored exactly once. (With umqtt.simple, MQTT 3.1.1, they were counted as
+    sent and lost.)"""
+    address = broker.address
+    assert address is not None
+    split = api_only(settings, address)
+    async with running_client(split) as client:
+        api = Api(client)
+        device = await api.device(await api.account())
+        await broker_sync(split, api, address)
+    scd = await boot(node, None, device, ntp, mqtt_port=address.port, http_port=closed_port())
+
+    async def kept() -> bool:
+        up = node.device is not None and node.device.link is node.device.mqtt
+        return bool(up and len(node.device.buffer) >= 3)
+
+    assert await wait_for(kept, timeout_s=15), node.device and node.device.log.lines
+    assert node.device.holding
+    assert node.device.sent == 0
+    lines = [msg for _level, msg in node.device.log.lines]
+    assert any("0x10 no matching subscribers: kept" in line for line in lines), lines
+    connection = node.device.mqtt.client  # held on to: never dropped for a 0x10
+
+    async with serve(settings, broker) as served:
+
+        async def all_stored() -> list[tuple[int, float]]:
+            found = await points(served, device, "co2")
+            return found if len(found) >= scd.measurements else []
+
+        assert await wait_for(all_stored, timeout_s=30), node.device.log.lines
+        assert node.device.mqtt.client is connection  # the same connection all along
+        node.stop()
+        measured = scd.measurements
+        assert len(node.device.buffer) == 0
+        stored = await wait_for(all_stored, timeout_s=10)
+    values = [value for _ts, value in stored]
+    assert values == [400.0 + n for n in range(1, measured + 1)]  # each once, none lost
+    assert len({ts for ts, _value in stored}) == measured
 
 
 async def test_without_the_broker_it_falls_back_to_http_and_returns_to_mqtt(

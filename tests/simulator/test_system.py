@@ -19,8 +19,6 @@ from rich.console import Console
 from sqlalchemy import func, select
 
 from sensorium.api.app import create_app
-from sensorium.broker import admin as dynsec_admin
-from sensorium.broker.service import Outbox, reconcile
 from sensorium.config import Settings
 from sensorium.protocol import int_to_mac
 from sensorium.simulator.fleet import DeviceSpec, Fleet, FleetConfig
@@ -30,7 +28,7 @@ from sensorium.telemetry.models import Point, Series
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.helpers import Account, Api, running_client, serving
 from tests.simulator.conftest import Served
-from tests.system.conftest import provisioned, wait_for
+from tests.system.conftest import api_only, broker_sync, provisioned, wait_for
 
 KEYS = {
     "climate": ("temperature", "humidity", "co2"),
@@ -165,20 +163,14 @@ async def test_mqtt_devices_keep_what_no_ingest_took_and_send_it_when_one_subscr
     exactly once. Before, the device counted it as sent and it was gone."""
     address = broker.address
     assert address is not None
-    # The API alone (split deployment) queues the device accounts ...
-    api_only = settings.model_copy(update={"mqtt_url": f"mqtt://{address.host}:{address.port}"})
-    async with running_client(api_only) as client:
+    # The API alone (split deployment) queues the device accounts, which `sensorium broker
+    # sync` applies: the devices get in but nobody subscribes.
+    split = api_only(settings, address)
+    async with running_client(split) as client:
         api = Api(client)
         owner = await api.account()
         specs = await registered(api, owner, 2, seed=21)
-        ctx = client.app.state.ctx  # type: ignore[attr-defined]
-        # ... which `sensorium broker sync` applies, so the devices get in but nobody
-        # subscribes.
-        (admin_user, admin_pw), _ = api_only.mqtt_credentials()
-        async with dynsec_admin.connect(
-            address.host, address.port, username=admin_user, password=admin_pw
-        ) as admin:
-            await reconcile(ctx.sessions, admin, Outbox(api_only.resolved_secret_key()))
+        await broker_sync(split, api, address)
 
     config = FleetConfig(interval_s=0.2, status_every_s=1.0, max_backoff_s=1.0, seed=21)
     fleet = Fleet(specs, config, transport="mqtt", mqtt_host=address.host, mqtt_port=address.port)

@@ -16,6 +16,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from sensorium.broker import admin as dynsec_admin
+from sensorium.broker.service import Outbox, reconcile
 from sensorium.config import Settings
 from sensorium.worker.runtime import BrokerAddress, EmbeddedBroker
 from tests.conftest import IN_CI
@@ -43,6 +45,23 @@ async def provisioned(api: Api) -> None:
     """Until the broker has every account change made so far."""
     provisioner = api.client.app.state.ctx.provisioner  # type: ignore[attr-defined]
     await provisioner.wait_idle()
+
+
+def api_only(settings: Settings, address: BrokerAddress) -> Settings:
+    """The API alone (a split deployment): it queues broker account changes for `sensorium
+    broker sync` and runs no ingest, so nothing subscribes to the devices' uplink."""
+    return settings.model_copy(update={"mqtt_url": f"mqtt://{address.host}:{address.port}"})
+
+
+async def broker_sync(settings: Settings, api: Api, address: BrokerAddress) -> None:
+    """What `sensorium broker sync` does for the API-only app behind `api`: the device
+    accounts it queued are applied to the broker (devices get in)."""
+    ctx = api.client.app.state.ctx  # type: ignore[attr-defined]
+    (admin_user, admin_pw), _ = settings.mqtt_credentials()
+    async with dynsec_admin.connect(
+        address.host, address.port, username=admin_user, password=admin_pw
+    ) as admin:
+        await reconcile(ctx.sessions, admin, Outbox(settings.resolved_secret_key()))
 
 
 async def registered(api: Api, count: int = 1) -> list[RegisteredDevice]:
