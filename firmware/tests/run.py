@@ -10,6 +10,7 @@ MODULES = (
     "cases_drivers",
     "cases_timing",
     "cases_ota",
+    "cases_mqtt5",
 )
 
 

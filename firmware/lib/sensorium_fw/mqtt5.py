@@ -11,7 +11,6 @@ functions, tested on CPython and MicroPython alike (firmware/tests/cases_mqtt5.p
 """
 
 import errno
-import socket
 import struct
 import time
 
@@ -271,6 +270,8 @@ class Client:
     def connect(self, sock=None):
         """Connect (or speak over `sock`, already connected) and wait for the CONNACK."""
         if sock is None:
+            import socket  # here: the packet functions need no network (tests)
+
             address = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.sock = sock
