@@ -67,8 +67,8 @@ class MQTTError(OSError):
 class Refused(OSError):
     """The broker answered with a failure reason code (`code`)."""
 
-    def __init__(self, code, what):
-        super().__init__("%s: 0x%02x %s" % (what, code, REASONS.get(code, "refused")))
+    def __init__(self, code, what, props=None):
+        super().__init__("%s: %s" % (what, _described(code, props or {})))
         self.code = code
 
 
@@ -292,7 +292,7 @@ class Client:
                 raise MQTTError("expected CONNACK, got packet type %d" % kind)
             code, props = reason(body, 1)
             if code >= 0x80:
-                raise Refused(code, "connect refused (%s)" % _described(code, props))
+                raise Refused(code, "connect refused", props)
             if props.get(MAXIMUM_QOS, 1) < 1:
                 raise MQTTError("the broker takes QoS 0 only")
             self.keepalive = props.get(SERVER_KEEP_ALIVE, self.keepalive)
@@ -327,7 +327,7 @@ class Client:
             return 0
         code, props = reason(self._wait(PUBACK, packet_id), 2)
         if code >= 0x80:
-            raise Refused(code, "publish to %s refused (%s)" % (topic, _described(code, props)))
+            raise Refused(code, "publish to %s refused" % topic, props)
         if code == NO_MATCHING_SUBSCRIBERS and not retain:
             raise NoSubscribers(topic)
         return code
