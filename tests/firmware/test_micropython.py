@@ -36,10 +36,12 @@ STAND_INS = {
     ),
 }
 
-DEVICE_LOOP = """
+# A board, links that record what they send, and sensors whose readings count up.
+DEVICE = """
 import json
 import time
 from sensorium_fw import app, clock, config, log, proto
+from sensorium_fw.mqtt5 import NoSubscribers
 
 class Board:
     def __init__(self):
@@ -63,14 +65,19 @@ class Link:
         self.host = "h"
         self.port = 1
         self.fail = fail
+        self.nobody = False  # no subscriber: PUBACK 0x10 for what is not retained
+        self.connects = 0
         self.sent = []
         self.downlink = []
     def connect(self):
         if self.fail:
             raise OSError("refused")
+        self.connects += 1
     def _send(self, kind, payload):
         if self.fail:
             raise OSError("gone")
+        if self.nobody and kind != "status":
+            raise NoSubscribers(kind)
         self.sent.append([kind, json.loads(payload)])
     def telemetry(self, payload):
         self._send("telemetry", payload)
@@ -101,6 +108,11 @@ cfg = config.with_defaults({
 })
 c = clock.Clock()
 c.set_epoch_ms(1763900000000)
+"""
+
+DEVICE_LOOP = (
+    DEVICE
+    + """
 mqtt = Link("mqtt", fail=True)
 http = Link("http", fail=True)
 board = Board()
@@ -122,6 +134,33 @@ print("RESULT " + json.dumps({
     "applied": board.applied, "link": device.link.name,
 }))
 """
+)
+
+NO_SUBSCRIBERS_LOOP = (
+    DEVICE
+    + """
+mqtt = Link("mqtt")
+mqtt.nobody = True
+mqtt.downlink = [("command", proto.Command("c_1", "ping", {}, 1763900000000 + 60000))]
+device = app.Device(
+    cfg, Board(), Sensors(), log.Log(c), c, "/tmp/run/", links=(mqtt, Link("http", fail=True))
+)
+for _ in range(4):
+    device.step()
+    time.sleep_ms(1000)
+held = {"buffered": len(device.buffer), "holding": device.holding, "sent": list(mqtt.sent)}
+mqtt.nobody = False
+for _ in range(40):
+    device.step()
+    time.sleep_ms(250)
+    if not device.holding and not len(device.buffer) and not device.replies:
+        break
+print("RESULT " + json.dumps({
+    "held": held, "holding": device.holding, "left": len(device.buffer), "sent": mqtt.sent,
+    "link": device.link.name, "connects": mqtt.connects, "replies": len(device.replies),
+}))
+"""
+)
 
 
 def test_every_firmware_module_imports_on_micropython() -> None:
@@ -162,3 +201,27 @@ def test_the_device_loop_runs_on_micropython() -> None:
     assert all(900 <= b - a <= 1100 for a, b in itertools.pairwise(stamps)), stamps
     (reported,) = [doc for kind, doc in body["sent"] if kind == "reported"]
     assert reported == {"version": 3, "state": {"relay": True, "led": False, "interval_s": 1}}
+
+
+def test_what_no_subscriber_took_is_kept_and_sent_again_on_micropython() -> None:
+    """The link raises mqtt5.NoSubscribers (PUBACK 0x10) for everything but the retained
+    status: readings stay in the buffer and the command result in its queue, on the same
+    connection; once a subscriber is there each is sent exactly once."""
+    result = wasm.run(NO_SUBSCRIBERS_LOOP, STAND_INS)
+    assert result.ok, f"{result.error}\n{result.stdout}"
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    body = json.loads(line.removeprefix("RESULT "))
+    held = body["held"]
+    assert held["holding"] is True
+    assert held["buffered"] >= 3
+    assert [kind for kind, _doc in held["sent"]] == ["status"]  # retained: 0x10 is fine
+    assert "0x10 no matching subscribers: kept" in result.stdout
+    assert (body["holding"], body["left"], body["replies"]) == (False, 0, 0)
+    assert (body["link"], body["connects"]) == ("mqtt", 1)  # never reconnected for it
+    kinds = [kind for kind, _doc in body["sent"]]
+    assert kinds.count("result:c_1") == 1
+    telemetry = [doc for kind, doc in body["sent"] if kind == "telemetry"]
+    entries = [e for doc in telemetry for e in (doc if isinstance(doc, list) else [doc])]
+    values = [entry["values"]["co2"] for entry in entries]
+    assert sorted(values) == list(range(401, 401 + len(values)))  # none lost, none twice
+    assert values[: held["buffered"]] == list(range(401, 401 + held["buffered"]))
