@@ -18,8 +18,8 @@ from sensorium.config import Settings
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.firmware import host
 from tests.firmware.fakes import Node, NtpServer
-from tests.helpers import Api, serving
-from tests.system.conftest import broker
+from tests.helpers import Api, RegisteredDevice, running_client, serving
+from tests.system.conftest import api_only, broker, broker_sync
 
 __all__ = ["Served", "board", "broker", "firmware_shims", "node", "ntp", "serve", "served"]
 
@@ -70,6 +70,19 @@ async def serve(settings: Settings, broker: EmbeddedBroker) -> AsyncIterator[Ser
 async def served(settings: Settings, broker: EmbeddedBroker) -> AsyncIterator[Served]:
     async with serve(settings, broker) as running:
         yield running
+
+
+async def device_nobody_hears(settings: Settings, broker: EmbeddedBroker) -> RegisteredDevice:
+    """A device registered through the API alone (a split deployment) whose broker account
+    `sensorium broker sync` made: it can connect and publish, but no ingest subscribes."""
+    address = broker.address
+    assert address is not None
+    split = api_only(settings, address)
+    async with running_client(split) as client:
+        api = Api(client)
+        device = await api.device(await api.account())
+        await broker_sync(split, api, address)
+    return device
 
 
 @pytest.fixture

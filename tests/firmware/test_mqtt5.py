@@ -13,10 +13,10 @@ from typing import Any
 from sensorium.config import Settings
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.firmware import host
-from tests.firmware.conftest import Served
+from tests.firmware.conftest import Served, device_nobody_hears
 from tests.firmware.test_system import get, points, register
-from tests.helpers import Api, RegisteredDevice, running_client
-from tests.system.conftest import api_only, broker_sync, wait_for
+from tests.helpers import RegisteredDevice
+from tests.system.conftest import wait_for
 
 
 def client(port: int, device: RegisteredDevice, token: str | None = None) -> Any:
@@ -116,14 +116,9 @@ async def test_no_ingest_means_puback_0x10(
     """Nobody subscribed: a non-retained publish raises NoSubscribers, a retained one
     (kept by the broker for later subscribers) returns 0x10."""
     mqtt5 = host.firmware("mqtt5")
-    address = broker.address
-    assert address is not None
-    split = api_only(settings, address)
-    async with running_client(split) as app_client:
-        api = Api(app_client)
-        device = await api.device(await api.account())
-        await broker_sync(split, api, address)
-    made = client(address.port, device)
+    device = await device_nobody_hears(settings, broker)
+    assert broker.address is not None
+    made = client(broker.address.port, device)
     await asyncio.to_thread(made.connect)
     telemetry = f"devices/{device.id}/telemetry"
     lost = await asyncio.to_thread(_raises, mqtt5.NoSubscribers, made.publish, telemetry, b"{}")

@@ -14,10 +14,10 @@ from typing import Any
 from sensorium.config import Settings
 from sensorium.worker.runtime import EmbeddedBroker
 from tests.firmware import host
-from tests.firmware.conftest import Served, serve
+from tests.firmware.conftest import Served, device_nobody_hears, serve
 from tests.firmware.fakes import Node, NtpServer, Scd4xSim, device_config
-from tests.helpers import Account, Api, RegisteredDevice, running_client
-from tests.system.conftest import api_only, broker_sync, provisioned, wait_for
+from tests.helpers import Account, RegisteredDevice
+from tests.system.conftest import provisioned, wait_for
 
 RELAY_PIN = 26
 LED_PIN = 2
@@ -204,14 +204,10 @@ async def test_readings_no_subscriber_took_stay_on_board_and_are_stored_once_by_
     again after a back-off, on the same connection; once an ingest subscribes, every
     reading is stored exactly once. (With umqtt.simple, MQTT 3.1.1, they were counted as
     sent and lost.)"""
-    address = broker.address
-    assert address is not None
-    split = api_only(settings, address)
-    async with running_client(split) as client:
-        api = Api(client)
-        device = await api.device(await api.account())
-        await broker_sync(split, api, address)
-    scd = await boot(node, None, device, ntp, mqtt_port=address.port, http_port=closed_port())
+    device = await device_nobody_hears(settings, broker)
+    assert broker.address is not None
+    port = broker.address.port
+    scd = await boot(node, None, device, ntp, mqtt_port=port, http_port=closed_port())
 
     async def kept() -> bool:
         up = node.device is not None and node.device.link is node.device.mqtt
