@@ -5,12 +5,16 @@ only after their writes; nothing is taken once the worker is stopping."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
+import pytest
 
 from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.protocol import Reading
+from sensorium.telemetry.writer import Done
+from sensorium.worker import ingest as ingest_module
 from sensorium.worker.ingest import MqttIngest
 from sensorium.worker.paho_loop import Message
 
@@ -18,36 +22,59 @@ DEVICE = "02000000000a"
 
 
 class FakeWriter:
-    """Holds at most `room` documents until `commit()`."""
+    """Holds at most `room` documents until `commit()`; saturated from `busy` on."""
 
-    def __init__(self, room: int) -> None:
+    def __init__(self, room: int, busy: int | None = None) -> None:
         self.room = room
-        self.jobs: list[tuple[str, Sequence[Reading], Callable[[int | BaseException], None]]] = []
+        self.busy = busy
+        self.jobs: list[tuple[str, Sequence[Reading], Done, Any]] = []
         self._freed = asyncio.Event()
 
     def full(self) -> bool:
         return len(self.jobs) >= self.room
+
+    def saturated(self) -> bool:
+        return self.busy is not None and len(self.jobs) >= self.busy
 
     async def wait_for_room(self) -> None:
         while self.full():
             self._freed.clear()
             await self._freed.wait()
 
+    async def wait_unsaturated(self) -> None:
+        while self.saturated():
+            self._freed.clear()
+            await self._freed.wait()
+
     def enqueue(
-        self,
-        device_id: str,
-        readings: Sequence[Reading],
-        done: Callable[[int | BaseException], None],
+        self, device_id: str, readings: Sequence[Reading], done: Done, tag: Any = None
     ) -> None:
-        self.jobs.append((device_id, readings, done))
+        self.jobs.append((device_id, readings, done, tag))
 
     def commit(self) -> list[float]:
-        values = [r.value for _d, readings, _f in self.jobs for r in readings]
+        values = [r.value for _d, readings, _f, _t in self.jobs for r in readings]
         jobs, self.jobs = self.jobs, []
-        for _d, readings, done in jobs:
-            done(len(readings))
+        for device_id, readings, done, tag in jobs:
+            done(len(readings), device_id, readings, tag)
         self._freed.set()
         return values
+
+
+class Driver:
+    """Records what the ingest asks of the connection."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.acked: list[int] = []
+
+    def ack(self, mid: int) -> None:
+        self.acked.append(mid)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
 
 def _ingest(writer: FakeWriter) -> MqttIngest:
@@ -103,16 +130,52 @@ async def test_a_full_writer_holds_the_rest_in_order_and_acks_follow_the_commits
 async def test_acks_of_a_closed_connection_are_never_sent() -> None:
     writer = FakeWriter(room=100)
     ingest = _ingest(writer)
-    sent: list[int] = []
-
-    class Driver:
-        def ack(self, mid: int) -> None:
-            sent.append(mid)
-
-    ingest._driver = Driver()  # type: ignore[assignment]
+    driver = Driver()
+    ingest._driver = driver  # type: ignore[assignment]
     ingest._received([_message(1), _message(2)])
     ingest._connection_closed()  # before the commit
     ingest._received([_message(1)])  # the broker redelivers, reusing the id
     writer.commit()
     await asyncio.sleep(0)
-    assert sent == [1]  # the redelivered one's, once
+    assert driver.acked == [1]  # the redelivered one's, once
+
+
+async def test_reading_pauses_while_the_writer_is_saturated() -> None:
+    """Once enough waits to be written, no more is taken off the socket (the broker keeps
+    it) until the writer has taken it in; nothing is lost or acked early meanwhile."""
+    writer = FakeWriter(room=100, busy=5)
+    ingest = _ingest(writer)
+    driver = Driver()
+    ingest._driver = driver  # type: ignore[assignment]
+    ingest._received([_message(mid) for mid in range(1, 4)])
+    assert not driver.paused
+    ingest._received([_message(mid) for mid in range(4, 8)])  # the whole read is taken
+    assert driver.paused
+    assert len(writer.jobs) == 7
+    await asyncio.sleep(0.05)
+    assert driver.paused  # still saturated
+    assert driver.acked == []
+    stored = writer.commit()
+    assert ingest._resume is not None
+    await asyncio.wait_for(ingest._resume, 1)
+    assert not driver.paused
+    assert stored == [float(mid) for mid in range(1, 8)]
+    assert driver.acked == list(range(1, 8))
+
+
+async def test_a_pause_ends_after_pause_max_s_even_if_the_writer_is_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that stopped answering must not keep the socket unread until the broker
+    connection's keep-alive runs out."""
+    monkeypatch.setattr(ingest_module, "PAUSE_MAX_S", 0.1)
+    writer = FakeWriter(room=100, busy=2)
+    ingest = _ingest(writer)
+    driver = Driver()
+    ingest._driver = driver  # type: ignore[assignment]
+    ingest._received([_message(1), _message(2)])
+    assert driver.paused
+    assert ingest._resume is not None
+    await asyncio.wait_for(ingest._resume, 1)
+    assert not driver.paused
+    assert writer.saturated()

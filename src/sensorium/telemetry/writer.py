@@ -60,6 +60,11 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+# Told a document's outcome: (its reading count or the error that refused it, the device
+# id, the readings, the tag given to `enqueue`).
+Done = Callable[[int | BaseException, str, Sequence[Reading], Any], None]
+
+
 @dataclass(slots=True)
 class _Job:
     device_id: str
@@ -67,9 +72,10 @@ class _Job:
     # The same readings as columns (the same object when they came so).
     cols: Readings = field(repr=False)
     future: asyncio.Future[int] | None = field(default=None, repr=False)
-    # Called with the reading count or the error instead of resolving a future (MQTT
-    # ingest: a future and its done-callback per message cost more than the write).
-    done: Callable[[int | BaseException], None] | None = field(default=None, repr=False)
+    # Called instead of resolving a future (MQTT ingest: a future and its done-callback
+    # per message cost more than the write), with `tag`.
+    done: Done | None = field(default=None, repr=False)
+    tag: Any = field(default=None, repr=False)
 
 
 # (series id, ts in ms)
@@ -125,6 +131,8 @@ class BatchWriter:
         ]
         # Set when the writer has taken jobs off a queue that may have been full.
         self._room = asyncio.Event()
+        # Readings queued and not yet taken into a batch, in all lanes (see `saturated`).
+        self._queued = 0
         self._bus = bus
         # How the readings came ("mqtt", "http"): recorded on the device, which decides
         # where its commands go; `on_online` hears of devices this data brought online.
@@ -203,11 +211,14 @@ class BatchWriter:
         self,
         device_id: str,
         readings: Sequence[Reading],
-        done: Callable[[int | BaseException], None],
+        done: Done,
+        tag: Any = None,
     ) -> None:
         """Queue one document; `done` is called, once, with its reading count once committed
-        or with the error that refused it (in the writer's task, before the next batch)."""
-        self._put(_Job(device_id, readings, Readings.of(readings), None, done))
+        or with the error that refused it (in the writer's task, before the next batch),
+        and the document and `tag`. (A closure per document would be six more objects for
+        the garbage collector to scan while the document waits.)"""
+        self._put(_Job(device_id, readings, Readings.of(readings), None, done, tag))
 
     def _put(self, job: _Job) -> None:
         if not self._alive:
@@ -216,6 +227,19 @@ class BatchWriter:
             self._queue_of(job.device_id).put_nowait(job)
         except asyncio.QueueFull:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
+        self._queued += len(job.readings)
+
+    def saturated(self) -> bool:
+        """Two full batches per lane wait: taking in more now only holds them in memory
+        longer (and a large heap of waiting documents made the garbage collector's passes
+        over the young objects take up to 200 ms, stalling the lanes' round trips)."""
+        return self._queued >= 2 * self._max_batch * self._lanes
+
+    async def wait_unsaturated(self) -> None:
+        """Until at most one full batch per lane waits."""
+        while self._queued > self._max_batch * self._lanes:
+            self._room.clear()
+            await self._room.wait()
 
     def _lane_ended(self, _task: asyncio.Task[None]) -> None:
         self._alive = False
@@ -278,9 +302,11 @@ class BatchWriter:
                 except TimeoutError:
                     break
             if job is None:
+                self._queued -= count
                 return jobs, True
             jobs.append(job)
             count += len(job.readings)
+        self._queued -= count
         return jobs, False
 
     async def _flush(self, jobs: list[_Job], *, retried: bool = False) -> None:
@@ -649,7 +675,7 @@ def _resolve(job: _Job, result: int | BaseException) -> None:
         return
     if job.done is not None:
         try:
-            job.done(result)
+            job.done(result, job.device_id, job.readings, job.tag)
         except Exception:
             log.exception("handling the outcome of device %s's write failed", job.device_id)
 
