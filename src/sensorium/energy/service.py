@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import BigInteger, Float, and_, bindparam, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium.db import epoch_ms
@@ -34,6 +34,7 @@ from sensorium.energy.meters import (
     key_ids,
     meters_energy,
     month_bounds,
+    remember_key_ids,
     save_cache,
 )
 from sensorium.energy.models import MAINS, SUB, Site, SiteMeter, Tariff
@@ -357,7 +358,16 @@ def local_ms(day: date, tz: ZoneInfo, at: datetime | None = None) -> int:
 
 
 def price_table(tariff: Tariff | None) -> tariffs.PriceTable | None:
-    return tariffs.PriceTable(tariff.price_per_kwh, windows_of(tariff)) if tariff else None
+    if tariff is None:
+        return None
+    return _price_table(float(tariff.price_per_kwh), tuple(windows_of(tariff)))
+
+
+@functools.lru_cache(maxsize=64)
+def _price_table(flat: float, windows: tuple[tariffs.Window, ...]) -> tariffs.PriceTable:
+    """A tariff's table, remembered by its content (a week of minutes: building it and its
+    array took ~1 ms of every summary)."""
+    return tariffs.PriceTable(flat, windows)
 
 
 def make_cuts(
@@ -603,6 +613,66 @@ def hourly_profile(
     return [float(s) / int(c) if c else None for s, c in zip(sums, counts, strict=True)]
 
 
+def _big(name: str) -> Any:
+    return bindparam(name, type_=BigInteger)
+
+
+@functools.lru_cache(maxsize=4)
+def _peak_statements() -> dict[str, Any]:
+    """The peak's statements, built once (building them took longer than running them):
+    the first highest hour or day rollup, the first highest raw point, and the first time
+    a maximum was reached within an hour (raw points, else minute rollups). Parameters:
+    the device and key, the range [a, b) and, with days, the whole UTC days [day_a, day_b)
+    in it."""
+
+    def hours(lo: str, hi: str) -> Any:
+        return and_(Rollup.grain == HOUR_MS, Rollup.bucket >= _big(lo), Rollup.bucket < _big(hi))
+
+    def first_highest(where: Any) -> Any:
+        return (
+            select(Rollup.vmax, Rollup.bucket, Rollup.grain)
+            .where(Rollup.device == _big("device"), Rollup.key_id == _big("key"), where)
+            .order_by(Rollup.vmax.desc(), Rollup.bucket)
+            .limit(1)
+        )
+
+    series = series_of(_big("device"), _big("key"))
+    in_range = (Point.series == series, Point.ts >= _big("a"), Point.ts < _big("b"))
+    return {
+        "hours": first_highest(hours("a", "b")),
+        "hours_and_days": first_highest(
+            or_(
+                hours("a", "day_a"),
+                and_(
+                    Rollup.grain == DAY_MS,
+                    Rollup.bucket >= _big("day_a"),
+                    Rollup.bucket < _big("day_b"),
+                ),
+                hours("day_b", "b"),
+            )
+        ),
+        "raw": select(Point.value, Point.ts)
+        .where(*in_range)
+        .order_by(Point.value.desc(), Point.ts)
+        .limit(1),
+        "raw_time": select(Point.ts)
+        .where(*in_range, Point.value == bindparam("watts", type_=Float))
+        .order_by(Point.ts)
+        .limit(1),
+        "minute_time": select(Rollup.bucket)
+        .where(
+            Rollup.device == _big("device"),
+            Rollup.key_id == _big("key"),
+            Rollup.grain == MINUTE_MS,
+            Rollup.bucket >= _big("a"),
+            Rollup.bucket < _big("b"),
+            Rollup.vmax == bindparam("watts", type_=Float),
+        )
+        .order_by(Rollup.bucket)
+        .limit(1),
+    }
+
+
 async def _peak_hour(
     session: AsyncSession, device: int, key_id: int, a: int, b: int
 ) -> tuple[float, int] | None:
@@ -612,33 +682,21 @@ async def _peak_hour(
     maximum is its hours' maximum, and a day starts before its hours, so the first hour
     found is the first with that maximum)."""
     day_a, day_b = -(-a // DAY_MS) * DAY_MS, b - b % DAY_MS
-
-    def hours(lo: int, hi: int) -> Any:
-        return and_(Rollup.grain == HOUR_MS, Rollup.bucket >= lo, Rollup.bucket < hi)
-
-    ranges = (
-        or_(
-            hours(a, day_a),
-            and_(Rollup.grain == DAY_MS, Rollup.bucket >= day_a, Rollup.bucket < day_b),
-            hours(day_b, b),
-        )
-        if day_a < day_b
-        else hours(a, b)
-    )
-
-    async def first_highest(where: Any) -> Any:
-        return (
+    statements = _peak_statements()
+    params = {"device": device, "key": key_id, "a": a, "b": b}
+    if day_a < day_b:
+        row = (
             await session.execute(
-                select(Rollup.vmax, Rollup.bucket, Rollup.grain)
-                .where(Rollup.device == device, Rollup.key_id == key_id, where)
-                .order_by(Rollup.vmax.desc(), Rollup.bucket)
-                .limit(1)
+                statements["hours_and_days"], {**params, "day_a": day_a, "day_b": day_b}
             )
         ).first()
-
-    row = await first_highest(ranges)
+    else:
+        row = (await session.execute(statements["hours"], params)).first()
     if row is not None and row[2] == DAY_MS:  # that day's first hour with that maximum
-        row = await first_highest(hours(int(row[1]), int(row[1]) + DAY_MS))
+        day = int(row[1])
+        row = (
+            await session.execute(statements["hours"], {**params, "a": day, "b": day + DAY_MS})
+        ).first()
     return (float(row[0]), int(row[1])) if row is not None else None
 
 
@@ -653,6 +711,7 @@ async def peak_power(
     if POWER_KEY not in keys or end <= start:
         return None
     device, key_id = mac_to_int(device_id), keys[POWER_KEY]
+    statements = _peak_statements()
     inner_a = -(-start // HOUR_MS) * HOUR_MS
     inner_b = max(inner_a, end - end % HOUR_MS)
     best: tuple[float, int, bool] | None = None  # (watts, ts or hour, is an hour)
@@ -662,14 +721,8 @@ async def peak_power(
     for a, b in ((start, min(inner_a, end)), (max(inner_b, start), end)):
         if a >= b:
             continue
-        raw = (
-            await session.execute(
-                select(Point.value, Point.ts)
-                .where(Point.series == series_of(device, key_id), Point.ts >= a, Point.ts < b)
-                .order_by(Point.value.desc(), Point.ts)
-                .limit(1)
-            )
-        ).first()
+        edge = {"device": device, "key": key_id, "a": a, "b": b}
+        raw = (await session.execute(statements["raw"], edge)).first()
         if raw is not None and (best is None or raw[0] > best[0]):
             best = (float(raw[0]), int(raw[1]), False)
     if best is None:
@@ -677,23 +730,9 @@ async def peak_power(
     watts, at, is_hour = best
     if not is_hour:
         return watts, at
-    for query in (
-        select(Point.ts).where(
-            Point.series == series_of(device, key_id),
-            Point.ts >= at,
-            Point.ts < at + HOUR_MS,
-            Point.value == watts,
-        ),
-        select(Rollup.bucket).where(
-            Rollup.device == device,
-            Rollup.key_id == key_id,
-            Rollup.grain == MINUTE_MS,
-            Rollup.bucket >= at,
-            Rollup.bucket < at + HOUR_MS,
-            Rollup.vmax == watts,
-        ),
-    ):
-        found = await session.scalar(query.order_by(query.selected_columns[0]).limit(1))
+    params = {"device": device, "key": key_id, "a": at, "b": at + HOUR_MS, "watts": watts}
+    for name in ("raw_time", "minute_time"):
+        found = await session.scalar(statements[name], params)
         if found is not None:
             return watts, int(found)
     return watts, at
@@ -713,6 +752,14 @@ def slot_peak(slots: Slots) -> tuple[float, int] | None:
     return best
 
 
+@functools.lru_cache(maxsize=1)
+def _latest_statement() -> Any:
+    return select(LatestValue.value, LatestValue.ts).where(
+        LatestValue.device.in_(bindparam("devices", expanding=True)),
+        LatestValue.key_id == _big("key"),
+    )
+
+
 async def now_power(session: AsyncSession, *, scope: Scope) -> tuple[float, int] | None:
     """The latest power of the scope: its mains meter or device, else the sum of its
     meters (when every one has a reading)."""
@@ -722,10 +769,8 @@ async def now_power(session: AsyncSession, *, scope: Scope) -> tuple[float, int]
     ids = [d for d, _n, role in scope.meters if role == MAINS] or [d for d, _n, _r in scope.meters]
     rows = list(
         await session.execute(
-            select(LatestValue.value, LatestValue.ts).where(
-                LatestValue.device.in_([mac_to_int(d) for d in ids]),
-                LatestValue.key_id == keys[POWER_KEY],
-            )
+            _latest_statement(),
+            {"devices": [mac_to_int(d) for d in ids], "key": keys[POWER_KEY]},
         )
     )
     if len(rows) != len(ids):
@@ -747,10 +792,11 @@ async def _alongside(
     if connection.dialect.name != "postgresql":
         one = await first()
         return one, await second(session)
+    # Looked up once, for both: the second session's transaction takes them as its own.
+    keys = await key_ids(session)
     async with AsyncSession(connection.engine) as other:
-        # The key ids are the same for every session once both keys exist.
-        if "energy_key_ids" in session.info:
-            other.info["energy_key_ids"] = session.info["energy_key_ids"]
+        await other.connection()
+        remember_key_ids(other, keys)
         first_task = asyncio.ensure_future(first())
         second_task = asyncio.ensure_future(second(other))
         try:
