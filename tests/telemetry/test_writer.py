@@ -145,30 +145,6 @@ async def test_enqueued_documents_are_answered_once_through_their_callbacks(env:
     assert await count(env, Point) == 4 + 3 + 2 + 1
 
 
-async def test_saturated_while_two_batches_per_lane_wait(env: Any) -> None:
-    """What MQTT ingest pauses reading for: two full batches per lane queued and not yet
-    taken; `wait_unsaturated` returns once the lanes are down to one each."""
-    writer = BatchWriter(env, offline_after_s=60, lanes=2, max_batch=2)
-    await writer.start()
-    start = int(time.time() * 1000) - 100
-    outcomes: list[int | BaseException] = []
-
-    def done(result: int | BaseException, *_: Any) -> None:
-        outcomes.append(result)
-
-    # The lanes take nothing until this task yields.
-    for i in range(3):
-        writer.enqueue(f"02000000000{i % 2}", readings(2, start=start + 10 * i), done)
-        assert not writer.saturated()  # up to 6 readings
-    writer.enqueue("020000000001", readings(2, start=start + 30), done)
-    assert writer.saturated()  # 8: two batches of 2 for each of 2 lanes
-    await asyncio.wait_for(writer.wait_unsaturated(), 5)
-    assert not writer.saturated()
-    await writer.stop()
-    assert outcomes == [2] * 4
-    assert await count(env, Point) == 8
-
-
 async def test_lanes_write_disjoint_devices_at_once_each_device_in_order(env: Any) -> None:
     """Two lanes: two transactions at a time, never one device in both, and each device's
     documents committed in the order they were queued."""

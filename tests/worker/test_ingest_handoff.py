@@ -9,12 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import pytest
 
 from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.protocol import Reading
 from sensorium.telemetry.writer import Done
-from sensorium.worker import ingest as ingest_module
 from sensorium.worker.ingest import MqttIngest
 from sensorium.worker.paho_loop import Message
 
@@ -22,27 +20,18 @@ DEVICE = "02000000000a"
 
 
 class FakeWriter:
-    """Holds at most `room` documents until `commit()`; saturated from `busy` on."""
+    """Holds at most `room` documents until `commit()`."""
 
-    def __init__(self, room: int, busy: int | None = None) -> None:
+    def __init__(self, room: int) -> None:
         self.room = room
-        self.busy = busy
         self.jobs: list[tuple[str, Sequence[Reading], Done, Any]] = []
         self._freed = asyncio.Event()
 
     def full(self) -> bool:
         return len(self.jobs) >= self.room
 
-    def saturated(self) -> bool:
-        return self.busy is not None and len(self.jobs) >= self.busy
-
     async def wait_for_room(self) -> None:
         while self.full():
-            self._freed.clear()
-            await self._freed.wait()
-
-    async def wait_unsaturated(self) -> None:
-        while self.saturated():
             self._freed.clear()
             await self._freed.wait()
 
@@ -64,17 +53,10 @@ class Driver:
     """Records what the ingest asks of the connection."""
 
     def __init__(self) -> None:
-        self.paused = False
         self.acked: list[int] = []
 
     def ack(self, mid: int) -> None:
         self.acked.append(mid)
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
 
 
 def _ingest(writer: FakeWriter) -> MqttIngest:
@@ -138,44 +120,3 @@ async def test_acks_of_a_closed_connection_are_never_sent() -> None:
     writer.commit()
     await asyncio.sleep(0)
     assert driver.acked == [1]  # the redelivered one's, once
-
-
-async def test_reading_pauses_while_the_writer_is_saturated() -> None:
-    """Once enough waits to be written, no more is taken off the socket (the broker keeps
-    it) until the writer has taken it in; nothing is lost or acked early meanwhile."""
-    writer = FakeWriter(room=100, busy=5)
-    ingest = _ingest(writer)
-    driver = Driver()
-    ingest._driver = driver  # type: ignore[assignment]
-    ingest._received([_message(mid) for mid in range(1, 4)])
-    assert not driver.paused
-    ingest._received([_message(mid) for mid in range(4, 8)])  # the whole read is taken
-    assert driver.paused
-    assert len(writer.jobs) == 7
-    await asyncio.sleep(0.05)
-    assert driver.paused  # still saturated
-    assert driver.acked == []
-    stored = writer.commit()
-    assert ingest._resume is not None
-    await asyncio.wait_for(ingest._resume, 1)
-    assert not driver.paused
-    assert stored == [float(mid) for mid in range(1, 8)]
-    assert driver.acked == list(range(1, 8))
-
-
-async def test_a_pause_ends_after_pause_max_s_even_if_the_writer_is_stuck(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A database that stopped answering must not keep the socket unread until the broker
-    connection's keep-alive runs out."""
-    monkeypatch.setattr(ingest_module, "PAUSE_MAX_S", 0.1)
-    writer = FakeWriter(room=100, busy=2)
-    ingest = _ingest(writer)
-    driver = Driver()
-    ingest._driver = driver  # type: ignore[assignment]
-    ingest._received([_message(1), _message(2)])
-    assert driver.paused
-    assert ingest._resume is not None
-    await asyncio.wait_for(ingest._resume, 1)
-    assert not driver.paused
-    assert writer.saturated()

@@ -131,8 +131,6 @@ class BatchWriter:
         ]
         # Set when the writer has taken jobs off a queue that may have been full.
         self._room = asyncio.Event()
-        # Readings queued and not yet taken into a batch, in all lanes (see `saturated`).
-        self._queued = 0
         self._bus = bus
         # How the readings came ("mqtt", "http"): recorded on the device, which decides
         # where its commands go; `on_online` hears of devices this data brought online.
@@ -227,19 +225,6 @@ class BatchWriter:
             self._queue_of(job.device_id).put_nowait(job)
         except asyncio.QueueFull:
             raise WriterOverloaded("ingest queue is full; retry shortly") from None
-        self._queued += len(job.readings)
-
-    def saturated(self) -> bool:
-        """Two full batches per lane wait: taking in more now only holds them in memory
-        longer (and a large heap of waiting documents made the garbage collector's passes
-        over the young objects take up to 200 ms, stalling the lanes' round trips)."""
-        return self._queued >= 2 * self._max_batch * self._lanes
-
-    async def wait_unsaturated(self) -> None:
-        """Until at most one full batch per lane waits."""
-        while self._queued > self._max_batch * self._lanes:
-            self._room.clear()
-            await self._room.wait()
 
     def _lane_ended(self, _task: asyncio.Task[None]) -> None:
         self._alive = False
@@ -302,11 +287,9 @@ class BatchWriter:
                 except TimeoutError:
                     break
             if job is None:
-                self._queued -= count
                 return jobs, True
             jobs.append(job)
             count += len(job.readings)
-        self._queued -= count
         return jobs, False
 
     async def _flush(self, jobs: list[_Job], *, retried: bool = False) -> None:

@@ -24,7 +24,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sensorium.aio import cancel_and_wait
 from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECTED
 from sensorium.broker.dynsec import SHARE_GROUP
 from sensorium.broker.endpoint import MqttEndpoint
@@ -73,9 +72,6 @@ RETRY_MAX_S = 30.0
 CONTROL_ATTEMPTS = 5
 # Status messages stored in one transaction, at most.
 STATUS_BATCH = 500
-# The longest pause in reading the broker's socket while the writer is saturated (well
-# under the 30 s keep-alive, whose PINGRESP is only read when reading).
-PAUSE_MAX_S = 5.0
 # Topics whose parse is remembered, at most (then forgotten all at once).
 TOPIC_CACHE = 100_000
 # Few and small: handled one at a time, in order, after the device's pending telemetry.
@@ -151,8 +147,6 @@ class MqttIngest:
         self._controller: asyncio.Task[None] | None = None
         self._client: mqtt.Client | None = None
         self._driver: LoopDriver | None = None
-        # Resumes reading the socket, while reading is paused (see `_received`).
-        self._resume: asyncio.Task[None] | None = None
         # One bound method for every document's outcome (not a new one per message).
         self._on_written = self._written
         self._acks = AckQueue(self._send_ack)
@@ -223,7 +217,6 @@ class MqttIngest:
         # What arrives from now on is not taken (nor acknowledged): the broker keeps it.
         self._closing = True
         self._wake.set()
-        await cancel_and_wait(self._resume)
         if self._consumer is not None:
             await self._consumer
         await self._control.put(None)
@@ -340,8 +333,8 @@ class MqttIngest:
         self._last_message_at = time.monotonic()
         generation = self._generation
         held = self._held
-        writer = self._writer
         if not held:
+            writer = self._writer
             handle = self._handle
             for index, message in enumerate(burst):
                 if writer.full():
@@ -349,28 +342,9 @@ class MqttIngest:
                     break
                 handle(generation, message)
             else:
-                burst = []
-        if burst:
-            held.extend((generation, message) for message in burst)
-            self._wake.set()
-        if writer.saturated() and self._resume is None and self._driver is not None:
-            # Enough waits to be written: read on once it is down to a batch per lane.
-            self._driver.pause_reading()
-            self._resume = asyncio.create_task(self._resume_reading(), name="mqtt-resume")
-
-    async def _resume_reading(self) -> None:
-        """Reading goes on when the writer has taken in what waited, or after PAUSE_MAX_S at
-        the latest (a database that stopped answering must not let the keep-alive expire:
-        then what arrives waits in `_held`, as before there were pauses)."""
-        try:
-            async with asyncio.timeout(PAUSE_MAX_S):
-                await self._writer.wait_unsaturated()
-        except TimeoutError:
-            pass
-        finally:
-            self._resume = None
-            if self._driver is not None:
-                self._driver.resume_reading()
+                return
+        held.extend((generation, message) for message in burst)
+        self._wake.set()
 
     async def _drain_held(self) -> None:
         while True:

@@ -204,8 +204,6 @@ class LoopDriver:
         self._task: asyncio.Task[None] | None = None
         # Set while paho decodes a packet: its `on_message` (a PUBLISH it decoded) adds to it.
         self._burst: list[Message] | None = None
-        # Reading stopped by `pause_reading` (for the current socket only).
-        self._paused = False
         client.on_socket_open = self._socket_open
         client.on_socket_close = self._socket_close
         client.on_socket_register_write = self._register_write
@@ -268,33 +266,11 @@ class LoopDriver:
             else:
                 await asyncio.sleep(RETRY_S / 2)
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def pause_reading(self) -> None:
-        """Take nothing more off the socket until `resume_reading` (or the next connection):
-        the receiver has enough to do. What the broker sends meanwhile waits in the socket's
-        buffers, then in the broker's queue (TCP flow control). Keep pauses short: paho
-        takes a broker whose PINGRESP goes unread for the keep-alive for gone."""
-        if self._sock is not None and not self._paused:
-            assert self._loop is not None
-            self._loop.remove_reader(self._sock)
-            self._paused = True
-
-    def resume_reading(self) -> None:
-        if self._paused:
-            self._paused = False
-            if self._sock is not None:
-                assert self._loop is not None
-                self._loop.add_reader(self._sock, self._readable)
-
     # --- socket callbacks (paho calls them) --------------------------------------------
 
     def _socket_open(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         assert self._loop is not None
         self._sock = sock
-        self._paused = False
         self._reader.clear()
         self._acks.clear()
         self._loop.add_reader(sock, self._readable)
@@ -305,7 +281,6 @@ class LoopDriver:
         self._loop.remove_writer(sock)
         if sock is self._sock:
             self._sock = None
-            self._paused = False
             self._reader.clear()
             self._acks.clear()
             self._closed.set()
