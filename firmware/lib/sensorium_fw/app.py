@@ -379,10 +379,14 @@ class Device:
             self.replies.pop(0)
             if reply.action:
                 self._act(reply.action)
-        while self.log.pending:
-            level, msg, ts = self.log.pending[0]
-            link.log_line(proto.dumps(proto.log_doc(level, msg, ts)))
-            self.log.pending.pop(0)
+        # Only the lines pending now: what sending them logs waits for the next pass, so
+        # a link that logs on every send cannot keep this loop going.
+        pending = self.log.pending
+        for _ in range(len(pending)):
+            line = pending[0]
+            link.log_line(proto.dumps(proto.log_doc(*line)))
+            if pending and pending[0] is line:  # not already dropped for a newer line
+                pending.pop(0)
         if self.unstamped:
             self._send_unstamped()
 

@@ -192,12 +192,16 @@ class HttpLink:
         finally:
             sock.close()
 
-    def _post(self, path, payload):
+    def _post(self, path, payload, quiet=False):
+        """True when the server took it; False when it refused it for good: logged as a
+        warning (sent to the server's log), or only printed when `quiet` (a refused log
+        line, which as a warning would be another log line to send, refused in turn)."""
         status, _headers, body = self.request("POST", self._base + path, payload)
         if status >= 500 or status == 429:
             raise Refused(status, "server answered %d" % status)
         if status >= 400:
-            self.log.warn("POST %s refused (%d): %s" % (path, status, body[:120]))
+            note = self.log.info if quiet else self.log.warn
+            note("POST %s refused (%d): %s" % (path, status, body[:120]))
         return status < 400
 
     def telemetry(self, payload):
@@ -213,7 +217,7 @@ class HttpLink:
         self._post("/commands/" + command_id + "/result", payload)
 
     def log_line(self, payload):
-        self._post("/logs", payload)
+        self._post("/logs", payload, quiet=True)
 
     def ota_progress(self, payload):
         self._post("/ota/progress", payload)
