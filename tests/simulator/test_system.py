@@ -109,8 +109,10 @@ async def test_mqtt_fleet_stores_exactly_what_it_sent_including_a_backfill(
     owner = await mqtt_api.account()
     specs = await registered(mqtt_api, owner, 20, seed=11)
     await provisioned(mqtt_api)
-    # Device 3 loses the network from 1.0 s to 2.6 s after the start.
-    specs[3] = replace(specs[3], outages=((1.0, 2.6),))
+    # Device 3 loses the network from 1.0 s to 8.0 s after the start: long enough for the
+    # checks below to see it away however long the server takes to record its will (they
+    # wait up to 5 s; with an outage of 1.6 s a loaded machine saw it back already).
+    specs[3] = replace(specs[3], outages=((1.0, 8.0),))
     away = specs[3].device_id
     config = FleetConfig(interval_s=0.2, status_every_s=1.0, seed=11)
     fleet = Fleet(
@@ -120,7 +122,9 @@ async def test_mqtt_fleet_stores_exactly_what_it_sent_including_a_backfill(
         mqtt_host=broker.address.host,
         mqtt_port=broker.address.port,
     )
+    loop = asyncio.get_running_loop()
     async with fleet:
+        started = loop.time()
         await asyncio.sleep(1.8)
         # Mid-outage: its last will has told the server, and its readings wait on board.
         history = await wait_for(lambda: transitions(mqtt_api, owner, away, at_least=2))
@@ -128,7 +132,8 @@ async def test_mqtt_fleet_stores_exactly_what_it_sent_including_a_backfill(
         assert history[1] == (False, "status")
         assert fleet.devices[3].outbox.points > 0
         assert fleet.snapshot().connected == 19
-        await asyncio.sleep(2.2)
+        # Back at 8.0 s: time to reconnect and send its backlog.
+        await asyncio.sleep(max(0.0, started + 9.4 - loop.time()))
     snap = fleet.snapshot()
     sent = fleet.points_sent_by_device()
 
