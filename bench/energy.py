@@ -756,8 +756,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["cold"] = {p: {k: v for k, v in c.items() if k != "figures"}
                               for p, c in cold.items()}  # fmt: skip
         if args.keep_caches:
-            if not args.reuse or not args.no_cold:
-                raise SystemExit("--keep-caches needs --reuse and --no-cold")
             log("caches kept from an earlier run: no precompute pass")
         else:
             report["precompute"] = await precompute_phase(args, url, target)
@@ -859,7 +857,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-cold", action="store_true", help="skip the cold requests (precompute, then warm)"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.keep_caches and not (args.reuse and args.no_cold):
+        parser.error("--keep-caches needs --reuse and --no-cold")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
