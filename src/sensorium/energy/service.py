@@ -617,7 +617,7 @@ def _big(name: str) -> Any:
     return bindparam(name, type_=BigInteger)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _peak_statements() -> dict[str, Any]:
     """The peak's statements, built once (building them took longer than running them):
     the first highest hour or day rollup, the first highest raw point, and the first time
