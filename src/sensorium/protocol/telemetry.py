@@ -52,6 +52,9 @@ _DICT = {dict}
 _FLOAT = {float}
 _INT = {int}
 _TWO = {2}
+# A single-reading document's keys as one shared tuple and set per key set (see `_shape`).
+_SHAPES: dict[tuple[str, ...], tuple[tuple[str, ...], frozenset[str]]] = {}
+_SHAPES_MAX = 10_000
 
 
 class Reading(NamedTuple):
@@ -75,9 +78,9 @@ class Readings(Sequence[Reading]):
 
     def __init__(
         self,
-        keys: list[str],
-        stamps: list[int],
-        values: list[float],
+        keys: Sequence[str],
+        stamps: Sequence[int],
+        values: Sequence[float],
         *,
         names: Set[str] | None = None,
         ordered: bool | None = None,
@@ -220,11 +223,16 @@ def _fast_columns(doc: object, now_ms: int, oldest_ms: int | None) -> Readings |
             return None
         if not _KNOWN_KEYS.issuperset(values):
             _check_keys(values, None)
-        numbers = _numbers(list(values.values()))
+        numbers = _numbers(tuple(values.values()))
         if numbers is None:
             return None
-        keys = list(values)
-        return Readings(keys, [ts] * len(keys), numbers, ordered=True, first=ts, last=ts)
+        shared, names = _shape(values)
+        # Tuples, not lists: the collector stops tracking a tuple of numbers the first time
+        # it meets one, and a worker holds thousands of these documents until they are
+        # committed (docs/benchmarks.md, "MQTT ingest", session 6).
+        return Readings(
+            shared, (ts,) * len(shared), numbers, names=names, ordered=True, first=ts, last=ts
+        )
     if type(doc) is not list or not doc or len(doc) > MAX_BATCH_ENTRIES:
         return None
     if set(map(type, doc)) != _DICT or set(map(len, doc)) != _TWO:
@@ -272,9 +280,23 @@ def _check_keys(values: dict[Any, Any], index: int | None) -> None:
                 known.add(key)
 
 
-def _numbers(values: list[Any]) -> list[float] | None:
+def _shape(values: dict[str, Any]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """`values`' keys, in order, and as a set: the same two objects for every document with
+    these keys (a fleet sends a few key sets), so a waiting document holds no list or set of
+    its own for the garbage collector to scan."""
+    keys = tuple(values)
+    try:
+        return _SHAPES[keys]
+    except KeyError:
+        shape = (keys, frozenset(keys))
+        if len(_SHAPES) < _SHAPES_MAX:
+            _SHAPES[keys] = shape
+        return shape
+
+
+def _numbers(values: Sequence[Any]) -> Sequence[float] | None:
     """The values as floats when every one is a number or boolean in range, checked all
-    at once; None otherwise."""
+    at once (a tuple stays a tuple); None otherwise."""
     kinds = set(map(type, values))
     if kinds == _FLOAT:
         if not (min(values) >= -MAX_ABS_VALUE and max(values) <= MAX_ABS_VALUE):
@@ -283,7 +305,7 @@ def _numbers(values: list[Any]) -> list[float] | None:
         if not kinds <= _NUMBER_TYPES:
             return None
         try:
-            values = list(map(float, values))
+            values = (tuple if type(values) is tuple else list)(map(float, values))
         except OverflowError:
             return None
         # An integer just past the limit becomes the limit as a float: the limit itself
@@ -298,7 +320,7 @@ def _numbers(values: list[Any]) -> list[float] | None:
 
 
 def _latest_columns(
-    keys: list[str], stamps: list[int], values: list[Any]
+    keys: Sequence[str], stamps: Sequence[int], values: Sequence[Any]
 ) -> tuple[list[str], list[int], list[Any]]:
     """The last reading of each (key, ts), each in its place (as `_latest_only`)."""
     seen: set[tuple[str, int]] = set()

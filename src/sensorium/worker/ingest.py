@@ -57,7 +57,7 @@ from sensorium.protocol import (
 from sensorium.protocol.ota import parse_progress
 from sensorium.telemetry.writer import BatchWriter, Unstorable
 from sensorium.worker import paho_loop, paho_speedups
-from sensorium.worker.acks import AckQueue, Pending
+from sensorium.worker.acks import AckQueue, Ticket
 from sensorium.worker.paho_loop import LoopDriver, Message
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class _Control:
 
     parsed: ParsedTopic
     message: Message
-    entry: Pending
+    entry: Ticket
 
 
 class RejectLog:
@@ -159,7 +159,9 @@ class MqttIngest:
         self._last_message_at = 0.0
         # Each device's latest telemetry write not yet done, which its status/log messages
         # wait for; `_write_done` is set when one is done while someone waits.
-        self._pending_writes: dict[str, Pending] = {}
+        self._pending_writes: dict[str, Ticket] = {}
+        # How often a document's write failed, while it is retried.
+        self._attempts: dict[Ticket, int] = {}
         self._write_waiters = 0
         self._write_done = asyncio.Event()
         self._stored_documents = 0
@@ -371,7 +373,7 @@ class MqttIngest:
             log.exception("unexpected error handling %s", message.topic)
             self._acks.complete(entry)
 
-    def _dispatch(self, message: Message, entry: Pending) -> None:
+    def _dispatch(self, message: Message, entry: Ticket) -> None:
         try:
             parsed = self._topics[message.topic]
         except KeyError:
@@ -396,7 +398,7 @@ class MqttIngest:
             assert parsed.kind in CONTROL_KINDS
             self._control.put_nowait(_Control(parsed, message, entry))
 
-    def _submit(self, device_id: str, readings: Sequence[Reading], entry: Pending) -> None:
+    def _submit(self, device_id: str, readings: Sequence[Reading], entry: Ticket) -> None:
         self._pending_writes[device_id] = entry
         self._writer.enqueue(device_id, readings, self._on_written, entry)
 
@@ -405,9 +407,9 @@ class MqttIngest:
         result: int | BaseException,
         device_id: str,
         readings: Sequence[Reading],
-        entry: Pending,
+        entry: Ticket,
     ) -> None:
-        if self._pending_writes.get(device_id) is entry:
+        if self._pending_writes.get(device_id) == entry:
             del self._pending_writes[device_id]
         if self._write_waiters:
             self._write_done.set()
@@ -426,19 +428,21 @@ class MqttIngest:
         else:
             # The database failed: keep the message unacknowledged and try again, so
             # nothing is lost and later acks wait behind it (they must stay in order).
-            entry.attempts += 1
-            delay = min(RETRY_MAX_S, 0.5 * 2**entry.attempts)
+            attempts = self._attempts[entry] = self._attempts.get(entry, 0) + 1
+            delay = min(RETRY_MAX_S, 0.5 * 2**attempts)
             log.error(
                 "storing telemetry of %s failed (%s); retry %d in %.0f s",
                 device_id,
                 result,
-                entry.attempts,
+                attempts,
                 delay,
             )
             task = asyncio.create_task(self._retry(device_id, readings, entry, delay))
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
             return
+        if self._attempts:
+            self._attempts.pop(entry, None)
         self._acks.complete(entry)
 
     def _count_stored(self) -> None:
@@ -448,7 +452,7 @@ class MqttIngest:
         self._stored_documents = self._stored_points = 0
 
     async def _retry(
-        self, device_id: str, readings: Sequence[Reading], entry: Pending, delay: float
+        self, device_id: str, readings: Sequence[Reading], entry: Ticket, delay: float
     ) -> None:
         await asyncio.sleep(delay)
         await self._writer.wait_for_room()
@@ -498,7 +502,7 @@ class MqttIngest:
             finally:
                 self._write_waiters -= 1
             pending = self._pending_writes
-            earlier = [(d, entry) for d, entry in earlier if pending.get(d) is entry]
+            earlier = [(d, entry) for d, entry in earlier if pending.get(d) == entry]
 
     async def _handle_control(self, item: _Control) -> None:
         parsed, message = item.parsed, item.message
