@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sensorium.aio import cancel_and_wait
+from sensorium.aio import cancel_and_wait, wait_for
 
 
 async def test_cancel_and_wait_swallows_the_tasks_own_cancellation() -> None:
@@ -36,3 +36,36 @@ async def test_cancel_and_wait_passes_on_the_callers_cancellation() -> None:
     release.set()
     await cancel_and_wait(task)
     assert task.cancelled()
+
+
+@pytest.mark.parametrize("outcome", ["result", "timeout"])
+async def test_wait_for_raises_a_cancellation_that_lands_as_the_awaited_completes(
+    outcome: str,
+) -> None:
+    """Python 3.11's asyncio.wait_for returned the queue's item here and dropped the
+    cancellation: the loop went on (a device long-poll for its whole wait)."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    rounds = 0
+
+    async def loop_until_cancelled() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            try:
+                await wait_for(queue.get(), 0.01 if outcome == "timeout" else 10)
+            except TimeoutError:
+                continue
+
+    task = asyncio.create_task(loop_until_cancelled())
+    await asyncio.sleep(0.05)
+    queue.put_nowait(1)  # wakes the get() ...
+    task.cancel()  # ... just as the cancellation comes
+    await asyncio.sleep(0.05)
+    assert task.done()
+    assert task.cancelled()
+
+
+async def test_wait_for_times_out_and_returns_results() -> None:
+    assert await wait_for(asyncio.sleep(0, result=7), 1) == 7
+    with pytest.raises(TimeoutError):
+        await wait_for(asyncio.sleep(10), 0.01)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 _startup_frozen = False
 
@@ -38,3 +41,13 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     except asyncio.CancelledError:
         if current is not None and current.cancelling() > requests:
             raise
+
+
+async def wait_for(awaitable: Awaitable[_T], timeout_s: float | None) -> _T:
+    """`asyncio.wait_for`, except that a cancellation which lands just as `awaitable`
+    completes is raised, not lost. Python 3.11's `wait_for` returns the result then and
+    drops the cancellation: a device long-poll cancelled as an event arrived went on for
+    its whole wait, and a loop being stopped went on looping (3.12 builds `wait_for` on
+    `asyncio.timeout`, as this does). Raises TimeoutError when `timeout_s` passes."""
+    async with asyncio.timeout(timeout_s):
+        return await awaitable

@@ -4,13 +4,13 @@ that the navigation badge shows."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.aio import wait_for
 from sensorium.alerts.models import ACTIVE, Alert
 from sensorium.devices.models import Device
 from sensorium.live.bus import LiveBus
@@ -48,7 +48,7 @@ async def stream(
             yield _sse("count", {"active": await active_count(session, owner_id=owner_id)})
         while True:
             try:
-                event = await asyncio.wait_for(subscription.get(), HEARTBEAT_S)
+                event = await wait_for(subscription.get(), HEARTBEAT_S)
             except TimeoutError:
                 yield b": ping\n\n"
                 continue

@@ -13,7 +13,7 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sensorium.aio import cancel_and_wait
+from sensorium.aio import cancel_and_wait, wait_for
 from sensorium.alerts import engine
 from sensorium.alerts.models import Alert, AlertRule
 from sensorium.alerts.notify import Dispatcher
@@ -122,4 +122,4 @@ class AlertRunner:
             except Exception:
                 log.exception("alert pass failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._tick_s)
+                await wait_for(self._stopping.wait(), self._tick_s)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensorium.aio import cancel_and_wait
+from sensorium.aio import cancel_and_wait, wait_for
 from sensorium.broker import dynsec
 
 log = logging.getLogger("sensorium.mosquitto")
@@ -370,7 +370,7 @@ class MosquittoSupervisor:
             # SIGTERM makes Mosquitto write its persistence snapshot before exiting.
             process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), timeout_s)
+                await wait_for(process.wait(), timeout_s)
             except TimeoutError:
                 process.kill()
                 await process.wait()

@@ -20,7 +20,7 @@ from typing import Protocol
 import aiomqtt
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sensorium.aio import cancel_and_wait
+from sensorium.aio import cancel_and_wait, wait_for
 from sensorium.broker.endpoint import MqttEndpoint
 from sensorium.control import service as control
 from sensorium.control.models import Command
@@ -99,7 +99,7 @@ class MqttDownlink:
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         try:
-            await asyncio.wait_for(self._connected.wait(), self._timeout_s)
+            await wait_for(self._connected.wait(), self._timeout_s)
         except TimeoutError:
             raise DownlinkUnavailable("not connected to the MQTT broker") from None
         client = self._client

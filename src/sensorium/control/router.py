@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from sensorium.aio import wait_for
 from sensorium.api.body import read_json_body
 from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep, CurrentDevice, CurrentUser, Principal, SessionDep
@@ -73,7 +74,7 @@ async def _next_event(
     until = min(deadline, loop.time() + RECHECK_S)
     while (remaining := until - loop.time()) > 0:
         try:
-            event = await asyncio.wait_for(subscription.get(), min(remaining, 1.0))
+            event = await wait_for(subscription.get(), min(remaining, 1.0))
         except TimeoutError:
             if request is not None and await request.is_disconnected():
                 raise ClientGone from None

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from sensorium.aio import wait_for
 from sensorium.api.context import AppContext
 from sensorium.api.deps import SESSION_COOKIE, ContextDep, CurrentUser, SessionDep
 from sensorium.db import epoch_ms
@@ -158,7 +159,7 @@ async def _handle(
 async def _pump(websocket: WebSocket, subscription: Subscription) -> None:
     while True:
         try:
-            event = await asyncio.wait_for(subscription.get(), HEARTBEAT_S)
+            event = await wait_for(subscription.get(), HEARTBEAT_S)
         except TimeoutError:
             await websocket.send_text('{"kind":"ping"}')
             continue
@@ -192,7 +193,7 @@ async def device_events(
                 yield _sse(initial, resumed=resumed is not None)
             while True:
                 try:
-                    live = await asyncio.wait_for(subscription.get(), HEARTBEAT_S)
+                    live = await wait_for(subscription.get(), HEARTBEAT_S)
                 except TimeoutError:
                     yield b": ping\n\n"
                     continue

@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.aio import wait_for
 from sensorium.devices.models import Device
 from sensorium.live.bus import LiveBus
 from sensorium.ota import service
@@ -102,7 +103,7 @@ async def rollout_stream(
         while True:
             wake = min(check_at if check_at is not None else next_poll, next_poll)
             try:
-                event = await asyncio.wait_for(subscription.get(), max(0.0, wake - loop.time()))
+                event = await wait_for(subscription.get(), max(0.0, wake - loop.time()))
             except TimeoutError:
                 now = loop.time()
                 polled = now >= next_poll
@@ -177,7 +178,7 @@ async def rollouts_stream(
         while True:
             wake = min(flush_at if flush_at is not None else next_ping, next_ping)
             try:
-                event = await asyncio.wait_for(subscription.get(), max(0.0, wake - loop.time()))
+                event = await wait_for(subscription.get(), max(0.0, wake - loop.time()))
             except TimeoutError:
                 if flush_at is not None and loop.time() >= flush_at:
                     ids, dirty, flush_at = dirty, set(), None

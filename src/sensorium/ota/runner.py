@@ -9,7 +9,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sensorium.aio import cancel_and_wait
+from sensorium.aio import cancel_and_wait, wait_for
 from sensorium.config import Settings
 from sensorium.control.delivery import ControlPlane
 from sensorium.live.bus import LiveBus
@@ -63,4 +63,4 @@ class OtaRunner:
             except Exception:
                 log.exception("OTA pass failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._tick_s)
+                await wait_for(self._stopping.wait(), self._tick_s)

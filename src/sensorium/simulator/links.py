@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from sensorium.aio import wait_for
 from sensorium.protocol import (
     CommandMessage,
     PayloadError,
@@ -201,7 +202,7 @@ class MqttLink:
             self._client = None
             raise LinkError("connect_failed", str(exc)) from None
         try:
-            reason = await asyncio.wait_for(asyncio.shield(self._connack), self._timeout_s)
+            reason = await wait_for(asyncio.shield(self._connack), self._timeout_s)
         except TimeoutError:
             self._abort()
             raise LinkError("connect_timeout") from None
@@ -225,7 +226,7 @@ class MqttLink:
         future: asyncio.Future[list[ReasonCode]] = asyncio.get_running_loop().create_future()
         self._subacks[mid] = future
         try:
-            reasons = await asyncio.wait_for(future, self._timeout_s)
+            reasons = await wait_for(future, self._timeout_s)
         except TimeoutError:
             self._abort()
             raise LinkError("subscribe_timeout") from None
@@ -259,7 +260,7 @@ class MqttLink:
         future = asyncio.get_running_loop().create_future()
         self._pending[info.mid] = future
         try:
-            reason = await asyncio.wait_for(future, self._timeout_s)
+            reason = await wait_for(future, self._timeout_s)
         except TimeoutError:
             # Unacknowledged: the connection is no good; the device will reconnect.
             self._abort()
@@ -293,7 +294,7 @@ class MqttLink:
         if client.is_connected():
             client.disconnect(reasoncode=reason)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._timeout_s)
+                await wait_for(self._closed.wait(), self._timeout_s)
         self._abort()
 
     def tick(self) -> None:

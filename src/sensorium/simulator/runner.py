@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sensorium.aio import wait_for
 from sensorium.broker.endpoint import parse_mqtt_url
 from sensorium.simulator.fleet import DeviceSpec, Fleet, FleetConfig, FleetSnapshot, Transport
 from sensorium.simulator.links import API_PREFIX, LinkError, MqttLink
@@ -424,7 +425,7 @@ async def run_fleet(
                     if timeout <= 0:
                         break
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout)
+                        await wait_for(stop.wait(), timeout)
                     progress.update(fleet.snapshot(), time.monotonic() - started)
             console.print(
                 "stopping: letting devices finish what they are sending… (Ctrl-C again to "

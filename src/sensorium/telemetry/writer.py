@@ -21,6 +21,7 @@ from sqlalchemy import BigInteger, func, literal, select, tuple_, update
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.aio import wait_for
 from sensorium.alerts import engine as alerts
 from sensorium.config import Settings
 from sensorium.db import dialect_insert, epoch_ms, utcnow
@@ -283,7 +284,7 @@ class BatchWriter:
                 if remaining <= 0:
                     break
                 try:
-                    job = await asyncio.wait_for(queue.get(), remaining)
+                    job = await wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
             if job is None:

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sensorium.aio import wait_for
 from sensorium.api.metrics import INGEST_DOCUMENTS, INGEST_POINTS, INGEST_REJECTED
 from sensorium.broker.dynsec import SHARE_GROUP
 from sensorium.broker.endpoint import MqttEndpoint
@@ -200,7 +201,7 @@ class MqttIngest:
             clean_start=False,
             properties=properties,
         )
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
+        await wait_for(self._connected.wait(), timeout_s)
 
     async def stop(self, *, leave_group: bool = False) -> None:
         """Disconnect after everything received so far is written and acknowledged.

@@ -42,6 +42,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
 
+from sensorium.aio import wait_for
+
 log = logging.getLogger(__name__)
 
 # One read takes at most this much: ~3,000 single-reading PUBLISH packets.
@@ -225,7 +227,7 @@ class LoopDriver:
         self._stopping = True
         if self._sock is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), timeout_s)
+                await wait_for(self._closed.wait(), timeout_s)
         if self._sock is not None:
             self._client._sock_close()
         if self._task is not None:
@@ -258,7 +260,7 @@ class LoopDriver:
                     await asyncio.sleep(RETRY_S)
                     continue
             try:
-                await asyncio.wait_for(self._closed.wait(), 1.0)
+                await wait_for(self._closed.wait(), 1.0)
             except TimeoutError:
                 # Keep-alive: PINGREQ when due, and a broker that stopped answering is
                 # taken for gone.
