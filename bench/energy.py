@@ -800,11 +800,14 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"cold {period} (empty caches, in process): {c['total_ms']:,} ms "
               f"({c['store_ms']:,} ms storing the caches), {c['statements']} SQL statements; "
               f"load average before {c['loadavg_before']}")  # fmt: skip
-    pre = report["precompute"]
-    print(f"precompute pass (empty caches): {pre['first_pass_s']:,} s, "
-          f"{pre['first_pass_stored']:,} hours + days stored; second pass "
-          f"{pre['second_pass_s']} s ({pre['second_pass_stored']} stored); "
-          f"load average before {pre['loadavg_before']}, after {pre['loadavg_after']}")  # fmt: skip
+    pre = report.get("precompute")
+    if pre is None:
+        print("precompute pass: none (--keep-caches: the caches an earlier run filled)")
+    else:
+        print(f"precompute pass (empty caches): {pre['first_pass_s']:,} s, "
+              f"{pre['first_pass_stored']:,} hours + days stored; second pass "
+              f"{pre['second_pass_s']} s ({pre['second_pass_stored']} stored); "
+              f"load average before {pre['loadavg_before']}, after {pre['loadavg_after']}")  # fmt: skip
     print(f"cache rows: {report['cache_rows']}")
     print()
     print("| summary | first after the pass ms | warm p50 ms | p90 ms | p99 ms | max ms | "

@@ -9,21 +9,33 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-_startup_frozen = False
+_collector_tuned = False
+
+# The cyclic collector's thresholds in a long-running process: the young generation is
+# collected after 10,000 allocations, not 700, and a full pass is rarer. Every request or
+# message makes short-lived objects; the fewer young collections, the fewer of them
+# survive one and end up in the old generation, whose full passes stalled the process:
+# in the worker GC took about half of the receive path's CPU (docs/benchmarks.md, "MQTT
+# ingest", session 3); in the server a full pass added 50-80 ms to one energy summary in
+# 25 (p99 of the year's summary 122-141 ms against 82-88 ms; "Energy summaries", eighth
+# measurement).
+SERVICE_GC_THRESHOLDS = (10_000, 20, 100)
 
 
-def freeze_startup_objects() -> None:
-    """Everything built before a long-running part starts (modules, its services) lives as
-    long as the process: keep it out of the cyclic collector, whose full passes over it
-    stalled every request for ~50 ms. Once per process: an app started after another (the
-    test suite builds hundreds) would otherwise freeze the earlier ones' leftovers for
-    ever, and pay a full collection."""
-    global _startup_frozen
-    if _startup_frozen:
+def tune_collector() -> None:
+    """For a long-running process (server, worker), once its services are built:
+    everything made so far lives as long as the process, so it is kept out of the cyclic
+    collector (`gc.freeze`), and the collector runs less often (`SERVICE_GC_THRESHOLDS`).
+    Once per process: an app started after another (the test suite builds hundreds)
+    would otherwise freeze the earlier ones' leftovers for ever, and pay a full
+    collection each time."""
+    global _collector_tuned
+    if _collector_tuned:
         return
-    _startup_frozen = True
+    _collector_tuned = True
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*SERVICE_GC_THRESHOLDS)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import io
 import logging
 import signal
@@ -21,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sensorium import __version__, migrate
-from sensorium.aio import cancel_and_wait, freeze_startup_objects
+from sensorium.aio import cancel_and_wait, tune_collector
 from sensorium.api.app import create_app
 from sensorium.broker import admin as dynsec_admin
 from sensorium.broker.endpoint import parse_mqtt_url
@@ -366,8 +365,7 @@ def worker(
             # with the defaults GC took about half of the receive path's CPU (18.8 -> 8.7
             # us per single-reading message in process; docs/benchmarks.md, "MQTT ingest",
             # session 3).
-            freeze_startup_objects()
-            gc.set_threshold(10_000, 20, 100)
+            tune_collector()
             console.print(f"worker [bold]{name}[/] ingesting from {settings.mqtt_url}")
             await stop.wait()
         finally:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from sensorium import __version__
-from sensorium.aio import freeze_startup_objects
+from sensorium.aio import tune_collector
 from sensorium.alerts.router import router as alerts_router
 from sensorium.api.context import AppContext
 from sensorium.api.deps import ContextDep
@@ -127,7 +127,7 @@ def create_app(
         running = True
         await ctx.bus.start()
         await ctx.writer.start()
-        freeze_startup_objects()
+        tune_collector()
         if downlink is not None:
             await downlink.start()
         if mqtt is not None:
