@@ -806,8 +806,8 @@ def print_report(report: dict[str, Any]) -> None:
     else:
         print(f"precompute pass (empty caches): {pre['first_pass_s']:,} s, "
               f"{pre['first_pass_stored']:,} hours + days stored; second pass "
-              f"{pre['second_pass_s']} s ({pre['second_pass_stored']} stored); "
-              f"load average before {pre['loadavg_before']}, after {pre['loadavg_after']}")  # fmt: skip
+              f"{pre['second_pass_s']} s ({pre['second_pass_stored']} stored); load "
+              f"average before {pre['loadavg_before']}, after {pre['loadavg_after']}")  # fmt: skip
     print(f"cache rows: {report['cache_rows']}")
     print()
     print("| summary | first after the pass ms | warm p50 ms | p90 ms | p99 ms | max ms | "
