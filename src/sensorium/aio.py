@@ -15,8 +15,9 @@ _collector_tuned = False
 # collected after 10,000 allocations, not 700, and a full pass is rarer. Every request or
 # message makes short-lived objects; the fewer young collections, the fewer of them
 # survive one and end up in the old generation, whose full passes stalled the process:
-# in the worker GC took about half of the receive path's CPU (docs/benchmarks.md, "MQTT
-# ingest", session 3); in the server a full pass added 50-80 ms to one energy summary in
+# in the worker (~15 tracked objects per message) GC took about half of the receive
+# path's CPU (18.8 -> 8.7 us per single-reading message in process; docs/benchmarks.md,
+# "MQTT ingest", session 3); in the server a full pass added 50-80 ms to one energy summary in
 # 25 (p99 of the year's summary 122-141 ms against 82-88 ms; "Energy summaries", eighth
 # measurement).
 SERVICE_GC_THRESHOLDS = (10_000, 20, 100)

@@ -360,12 +360,7 @@ def worker(
             loop.add_signal_handler(sig, stop.set)
         try:
             await services.start()
-            # Everything made so far is frozen out of the cyclic GC, and it collects the
-            # young generation 14x less often. Each message makes ~15 tracked objects;
-            # with the defaults GC took about half of the receive path's CPU (18.8 -> 8.7
-            # us per single-reading message in process; docs/benchmarks.md, "MQTT ingest",
-            # session 3).
-            tune_collector()
+            tune_collector()  # why, with the measurements: sensorium/aio.py
             console.print(f"worker [bold]{name}[/] ingesting from {settings.mqtt_url}")
             await stop.wait()
         finally:
